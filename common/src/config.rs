@@ -1,0 +1,381 @@
+//! foldcache's configuration, shared by `ingest` and `query-api`.
+//!
+//! Layers, later ones winning: built-in defaults ([`Config::default`]), then a
+//! TOML file (`--config PATH` or `FOLDCACHE_CONFIG`), then environment
+//! variables named `FOLDCACHE__SECTION__KEY` (for example
+//! `FOLDCACHE__REDIS__URL`, `FOLDCACHE__ENTITIES__EMPLOYEES__MAX_AGE_SECS`).
+//! Tables merge key by key; arrays (`sources`) replace the default whole.
+//! Unknown keys are an error.
+
+use crate::id::{EntityName, IdError};
+use crate::secret::Secret;
+use figment::Figment;
+use figment::providers::{Env, Format, Serialized, Toml};
+use serde::{Deserialize, Serialize};
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::SocketAddr;
+use std::path::Path;
+use thiserror::Error;
+
+/// A configuration that could not be loaded or does not make sense.
+#[derive(Debug, Error)]
+pub enum ConfigError {
+    /// The file is missing or a value has the wrong shape or an unknown key.
+    #[error("configuration: {0}")]
+    Load(#[from] Box<figment::Error>),
+    /// The values parse but contradict each other.
+    #[error("configuration: {0}")]
+    Invalid(String),
+}
+
+/// The whole configuration.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Where the cache lives.
+    pub redis: RedisConfig,
+    /// The brokers and the consumer group.
+    pub kafka: KafkaConfig,
+    /// Ingest's batching, limits and endpoints.
+    pub ingest: IngestConfig,
+    /// query-api's listeners.
+    pub http: HttpConfig,
+    /// Logging.
+    pub log: LogConfig,
+    /// Which topic feeds which entity.
+    pub sources: Vec<SourceConfig>,
+    /// Per-entity settings, by entity name.
+    pub entities: BTreeMap<String, EntityConfig>,
+}
+
+/// Redis connection and key space.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RedisConfig {
+    /// `redis://[user:password@]host:port[/db]` or `rediss://` for TLS. May
+    /// carry a password, hence never printed.
+    pub url: Secret<String>,
+    /// Prefix of every key foldcache writes (see [`crate::keys`]).
+    pub key_prefix: String,
+}
+
+/// Kafka (or any Kafka-protocol broker).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KafkaConfig {
+    /// `bootstrap.servers`.
+    pub brokers: String,
+    /// Consumer group shared by all ingest instances of one deployment.
+    pub group_id: String,
+    /// Topic that receives poison records, with the reason in headers.
+    pub dead_letter_topic: String,
+    /// Extra librdkafka properties (`security.protocol`, `sasl.mechanism`,
+    /// ...), applied to every client. Values may be credentials: never logged.
+    pub client: BTreeMap<String, Secret<String>>,
+}
+
+/// Ingest's tuning knobs.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IngestConfig {
+    /// A batch is written when it holds this many records...
+    pub batch_max_events: usize,
+    /// ...or when its first record has waited this long.
+    pub batch_linger_ms: u64,
+    /// Records with a larger value are dead-lettered.
+    pub max_value_bytes: usize,
+    /// Prometheus metrics and health endpoints (`/metrics`, `/healthz`,
+    /// `/readyz`).
+    pub admin_listen: SocketAddr,
+    /// How often ingest refreshes its heartbeat in Redis.
+    pub heartbeat_interval_ms: u64,
+}
+
+/// query-api's listeners.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HttpConfig {
+    /// The public API.
+    pub listen: SocketAddr,
+    /// Prometheus metrics, on its own port.
+    pub metrics_listen: SocketAddr,
+    /// How often query-api re-reads the cache state (live generation,
+    /// readiness).
+    pub state_poll_ms: u64,
+    /// `Retry-After` seconds on 503 while the cache is not ready.
+    pub retry_after_secs: u64,
+}
+
+/// Log output.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LogConfig {
+    /// `tracing` filter directives, e.g. `info,foldcache_ingest=debug`.
+    /// `RUST_LOG` wins when set.
+    pub filter: String,
+    /// `text` or `json`.
+    pub format: LogFormat,
+}
+
+/// Log line format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// One topic folded into one entity.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SourceConfig {
+    /// The compacted topic.
+    pub topic: String,
+    /// The entity it feeds (a key of `entities`).
+    pub entity: String,
+    /// How record values are encoded.
+    #[serde(default)]
+    pub format: ValueFormat,
+    /// Prepended to every record key to form the entity id, so that two
+    /// sources feeding one entity never collide (`acme.` + `E1`).
+    #[serde(default)]
+    pub id_prefix: String,
+}
+
+/// Record value encodings.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ValueFormat {
+    /// The value is the entity's full state as a JSON object; null deletes.
+    #[default]
+    Json,
+    /// A Debezium change event: `after` is the state, `op: "d"` deletes.
+    Debezium,
+}
+
+/// Per-entity settings.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EntityConfig {
+    /// TTL of each entity hash, set with every write.
+    pub ttl_secs: u64,
+    /// `Cache-Control` of a 200/304 for this entity.
+    pub cache_control: CacheControlConfig,
+    /// `max-age` (and `s-maxage`) of a 404 for this entity.
+    pub not_found_max_age_secs: u64,
+}
+
+/// `Cache-Control` directives of one entity's responses.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CacheControlConfig {
+    /// Who may store the response.
+    pub visibility: Visibility,
+    /// `max-age`.
+    pub max_age_secs: u64,
+    /// `s-maxage` for shared caches (public only).
+    pub s_maxage_secs: Option<u64>,
+    /// `stale-while-revalidate`.
+    pub stale_while_revalidate_secs: Option<u64>,
+    /// `stale-if-error`: lets caches serve their copy while foldcache answers
+    /// 503 (for example during a rebuild).
+    pub stale_if_error_secs: Option<u64>,
+}
+
+/// Cache audience.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Visibility {
+    /// Any cache, including CDNs.
+    Public,
+    /// Only the caller's own cache.
+    Private,
+    /// Nothing stores it.
+    NoStore,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        let entity = |max_age, swr, sie| EntityConfig {
+            ttl_secs: 7 * 24 * 3600,
+            cache_control: CacheControlConfig {
+                visibility: Visibility::Public,
+                max_age_secs: max_age,
+                s_maxage_secs: None,
+                stale_while_revalidate_secs: Some(swr),
+                stale_if_error_secs: Some(sie),
+            },
+            not_found_max_age_secs: 5,
+        };
+        let source = |topic: &str, entity: &str| SourceConfig {
+            topic: topic.into(),
+            entity: entity.into(),
+            format: ValueFormat::Json,
+            id_prefix: String::new(),
+        };
+        Self {
+            redis: RedisConfig {
+                url: Secret::new("redis://127.0.0.1:6379".into()),
+                key_prefix: "fc".into(),
+            },
+            kafka: KafkaConfig {
+                brokers: "127.0.0.1:9092".into(),
+                group_id: "foldcache-ingest".into(),
+                dead_letter_topic: "foldcache.dead-letter".into(),
+                client: BTreeMap::new(),
+            },
+            ingest: IngestConfig {
+                batch_max_events: 2000,
+                batch_linger_ms: 5,
+                max_value_bytes: 1 << 20,
+                admin_listen: ([127, 0, 0, 1], 9600).into(),
+                heartbeat_interval_ms: 1000,
+            },
+            http: HttpConfig {
+                listen: ([127, 0, 0, 1], 8080).into(),
+                metrics_listen: ([127, 0, 0, 1], 9601).into(),
+                state_poll_ms: 250,
+                retry_after_secs: 5,
+            },
+            log: LogConfig {
+                filter: "info".into(),
+                format: LogFormat::Text,
+            },
+            sources: vec![
+                source("hr.employees", "employees"),
+                source("hr.teams", "teams"),
+                source("hr.permissions", "permissions"),
+            ],
+            entities: BTreeMap::from([
+                ("employees".into(), entity(60, 30, 86400)),
+                ("teams".into(), entity(300, 60, 86400)),
+                ("permissions".into(), entity(30, 15, 86400)),
+            ]),
+        }
+    }
+}
+
+impl Config {
+    /// Loads defaults, then `file` (which must exist if given), then the
+    /// `FOLDCACHE__*` environment, and validates the result.
+    pub fn load(file: Option<&Path>) -> Result<Self, ConfigError> {
+        let mut figment = Figment::from(Serialized::defaults(Config::default()));
+        if let Some(path) = file {
+            if !path.is_file() {
+                return Err(ConfigError::Invalid(format!(
+                    "config file {} does not exist",
+                    path.display()
+                )));
+            }
+            figment = figment.merge(Toml::file_exact(path));
+        }
+        let config: Config = figment
+            .merge(Env::prefixed("FOLDCACHE__").split("__"))
+            .extract()
+            .map_err(Box::new)?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Checks what serde cannot: names, references between sections, limits.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let bad = |what: String| Err(ConfigError::Invalid(what));
+        for name in self.entities.keys() {
+            if let Err(e) = EntityName::parse(name) {
+                return bad(format!("entity name {name:?}: {e}"));
+            }
+        }
+        let mut topics = BTreeSet::new();
+        for s in &self.sources {
+            if !self.entities.contains_key(&s.entity) {
+                return bad(format!(
+                    "source topic {:?} feeds entity {:?}, which is not under [entities]",
+                    s.topic, s.entity
+                ));
+            }
+            if !topics.insert(&s.topic) {
+                return bad(format!("topic {:?} is listed twice in sources", s.topic));
+            }
+            if !s.id_prefix.is_empty() {
+                check_id_prefix(&s.id_prefix)
+                    .map_err(|e| ConfigError::Invalid(format!("id_prefix of {:?}: {e}", s.topic)))?;
+            }
+        }
+        if self.sources.is_empty() {
+            return bad("no sources configured".into());
+        }
+        if self.redis.key_prefix.is_empty() || self.redis.key_prefix.contains(['{', '}', '*', ' '])
+        {
+            return bad("redis.key_prefix must be non-empty, without braces, '*' or spaces".into());
+        }
+        if self.ingest.batch_max_events == 0 {
+            return bad("ingest.batch_max_events must be at least 1".into());
+        }
+        Ok(())
+    }
+
+    /// The entity config behind a validated name, if configured.
+    pub fn entity(&self, name: &EntityName) -> Option<&EntityConfig> {
+        self.entities.get(name.as_str())
+    }
+}
+
+/// An id prefix must itself start like an id and use only id characters
+/// (it may end in a separator such as `.`).
+fn check_id_prefix(prefix: &str) -> Result<(), IdError> {
+    crate::id::EntityId::parse(&format!("{prefix}x")).map(|_| ())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+
+    #[test]
+    fn defaults_are_valid() {
+        Config::default().validate().unwrap();
+    }
+
+    #[test]
+    fn file_then_env_override_defaults() {
+        let mut f = tempfile::NamedTempFile::new().unwrap();
+        writeln!(
+            f,
+            "[redis]\nkey_prefix = \"t1\"\n[entities.employees.cache_control]\nmax_age_secs = 7"
+        )
+        .unwrap();
+        figment::Jail::expect_with(|jail| {
+            jail.set_env("FOLDCACHE__KAFKA__BROKERS", "10.0.0.1:9092");
+            let c = Config::load(Some(f.path())).unwrap();
+            assert_eq!(c.redis.key_prefix, "t1");
+            assert_eq!(c.kafka.brokers, "10.0.0.1:9092");
+            assert_eq!(c.entities["employees"].cache_control.max_age_secs, 7);
+            // untouched defaults survive the merge
+            assert_eq!(c.entities["employees"].ttl_secs, 7 * 24 * 3600);
+            assert!(c.entities.contains_key("teams"));
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn unknown_keys_are_errors() {
+        let mut f = tempfile::NamedTempFile::new().unwrap();
+        writeln!(f, "[redis]\nurll = \"x\"").unwrap();
+        let err = Config::load(Some(f.path())).unwrap_err().to_string();
+        assert!(err.contains("urll"), "{err}");
+    }
+
+    #[test]
+    fn a_source_must_name_a_configured_entity() {
+        let mut c = Config::default();
+        c.sources[0].entity = "nope".into();
+        assert!(c.validate().is_err());
+    }
+
+    #[test]
+    fn missing_file_is_an_error() {
+        assert!(Config::load(Some(Path::new("/nonexistent/foldcache.toml"))).is_err());
+    }
+}

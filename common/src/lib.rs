@@ -1,0 +1,19 @@
+//! Shared pieces of foldcache's two binaries.
+//!
+//! - [`config`]: the typed, layered configuration (defaults, then a TOML file,
+//!   then `FOLDCACHE__SECTION__KEY` environment variables).
+//! - [`id`]: validated entity names and ids; nothing else ever becomes part of
+//!   a Redis key.
+//! - [`keys`]: the Redis key scheme and the reserved meta fields of an entity
+//!   hash.
+//! - [`state`]: an entity's state as foldcache stores it (one hash field per
+//!   top-level JSON member), its canonical encoding and its strong validator.
+//! - [`secret`]: a wrapper that keeps credentials out of logs and errors.
+//! - [`telemetry`]: logging set-up shared by both binaries.
+
+pub mod config;
+pub mod id;
+pub mod keys;
+pub mod secret;
+pub mod state;
+pub mod telemetry;

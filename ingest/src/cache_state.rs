@@ -1,0 +1,164 @@
+//! The cache marker (`{prefix}:state`): epoch, live generation, readiness and
+//! heartbeat, and the per-partition caught-up record.
+//!
+//! The epoch is a random id written the first time ingest meets a Redis. Every
+//! write of ingest is guarded by it (see `fold.rs`), so a Redis that was
+//! flushed or replaced (epoch gone) is noticed at the next batch or heartbeat,
+//! whichever comes first, and ingest replays the log from offset zero.
+
+use foldcache_common::keys::{KeySpace, partition_field};
+use redis::aio::ConnectionLike;
+
+const INIT_LUA: &str = r"
+-- KEYS[1] state; ARGV[1] a fresh epoch
+if redis.call('HSETNX', KEYS[1], 'epoch', ARGV[1]) == 1 then
+  redis.call('HSET', KEYS[1], 'live_gen', '1', 'ready', '0')
+end
+return redis.call('HMGET', KEYS[1], 'epoch', 'live_gen', 'ready')
+";
+
+const HEARTBEAT_LUA: &str = r"
+-- KEYS[1] state; ARGV[1] epoch, ARGV[2] now in ms
+if redis.call('HGET', KEYS[1], 'epoch') ~= ARGV[1] then return -1 end
+redis.call('HSET', KEYS[1], 'heartbeat_ms', ARGV[2])
+return 1
+";
+
+const CAUGHT_UP_LUA: &str = r"
+-- KEYS[1] state, KEYS[2] caught_up hash
+-- ARGV[1] epoch, ARGV[2] number of newly caught-up pairs,
+-- then (partition field, offset) pairs, then every partition field that must
+-- be caught up for the cache to be ready.
+if redis.call('HGET', KEYS[1], 'epoch') ~= ARGV[1] then return -1 end
+local n = tonumber(ARGV[2])
+for i = 0, n - 1 do
+  redis.call('HSETNX', KEYS[2], ARGV[3 + 2 * i], ARGV[4 + 2 * i])
+end
+for i = 3 + 2 * n, #ARGV do
+  if redis.call('HEXISTS', KEYS[2], ARGV[i]) == 0 then return 0 end
+end
+redis.call('HSET', KEYS[1], 'ready', '1')
+return 1
+";
+
+/// Ingest's view of the cache marker.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CacheState {
+    /// The epoch every write is guarded by.
+    pub epoch: String,
+    /// The generation being written and served.
+    pub live_gen: u64,
+    /// Whether the live generation has caught up once.
+    pub ready: bool,
+}
+
+/// Redis lost foldcache's data (the epoch is gone or different).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct EpochLost;
+
+/// Reads and maintains the cache marker.
+#[derive(Debug, Clone)]
+pub struct StateStore {
+    keys: KeySpace,
+    init: redis::Script,
+    heartbeat: redis::Script,
+    caught_up: redis::Script,
+}
+
+impl StateStore {
+    /// A store over `keys`.
+    pub fn new(keys: KeySpace) -> Self {
+        Self {
+            keys,
+            init: redis::Script::new(INIT_LUA),
+            heartbeat: redis::Script::new(HEARTBEAT_LUA),
+            caught_up: redis::Script::new(CAUGHT_UP_LUA),
+        }
+    }
+
+    /// Returns the current marker, creating it (new epoch, generation 1, not
+    /// ready) if Redis has none: an empty Redis is a cold cache.
+    pub async fn init<C: ConnectionLike + Send>(
+        &self,
+        con: &mut C,
+    ) -> redis::RedisResult<CacheState> {
+        let fresh = format!("{:032x}", rand::random::<u128>());
+        let (epoch, live_gen, ready): (String, u64, String) = self
+            .init
+            .key(self.keys.state())
+            .arg(&fresh)
+            .invoke_async(con)
+            .await?;
+        if epoch == fresh {
+            tracing::info!(%epoch, "initialised an empty cache: replaying every topic from offset zero");
+        }
+        Ok(CacheState {
+            epoch,
+            live_gen,
+            ready: ready == "1",
+        })
+    }
+
+    /// Refreshes ingest's heartbeat if the epoch is still ours.
+    pub async fn heartbeat<C: ConnectionLike + Send>(
+        &self,
+        con: &mut C,
+        epoch: &str,
+        now_ms: i64,
+    ) -> redis::RedisResult<Result<(), EpochLost>> {
+        let r: i64 = self
+            .heartbeat
+            .key(self.keys.state())
+            .arg(epoch)
+            .arg(now_ms)
+            .invoke_async(con)
+            .await?;
+        Ok(if r < 0 { Err(EpochLost) } else { Ok(()) })
+    }
+
+    /// Records partitions that reached their end (`(topic, partition,
+    /// offset)`) and sets `ready` once every partition in `all` has. Returns
+    /// whether the cache is ready.
+    pub async fn record_caught_up<C: ConnectionLike + Send>(
+        &self,
+        con: &mut C,
+        epoch: &str,
+        generation: u64,
+        newly: &[(String, i32, i64)],
+        all: &[(String, i32)],
+    ) -> redis::RedisResult<Result<bool, EpochLost>> {
+        let mut inv = self.caught_up.prepare_invoke();
+        inv.key(self.keys.state())
+            .key(self.keys.caught_up(generation))
+            .arg(epoch)
+            .arg(newly.len());
+        for (t, p, off) in newly {
+            inv.arg(partition_field(t, *p)).arg(*off);
+        }
+        for (t, p) in all {
+            inv.arg(partition_field(t, *p));
+        }
+        let r: i64 = inv.invoke_async(con).await?;
+        Ok(match r {
+            -1 => Err(EpochLost),
+            1 => Ok(true),
+            _ => Ok(false),
+        })
+    }
+
+    /// The stored next offset of a partition, if any (sync: called from the
+    /// rebalance callback).
+    pub fn stored_offset(
+        &self,
+        con: &mut redis::Connection,
+        generation: u64,
+        topic: &str,
+        partition: i32,
+    ) -> redis::RedisResult<Option<i64>> {
+        redis::cmd("HGET")
+            .arg(self.keys.offsets(generation))
+            .arg(partition_field(topic, partition))
+            .query(con)
+    }
+}
+

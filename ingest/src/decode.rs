@@ -1,0 +1,255 @@
+//! Turns a Kafka record into a fold operation, or into a [`Poison`] reason.
+//!
+//! This is where a tombstone (null value, or Debezium `op: "d"`) becomes a
+//! delete; `fold.rs` turns that delete into a Redis `DEL`.
+
+use crate::source::Source;
+use foldcache_common::config::ValueFormat;
+use foldcache_common::id::{EntityId, IdError};
+use foldcache_common::state::{EntityState, StateError};
+use serde_json::Value;
+use thiserror::Error;
+
+/// What a record asks for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Decoded {
+    /// Replace the entity's state.
+    Upsert {
+        /// The entity id (source prefix applied).
+        id: EntityId,
+        /// The new full state.
+        state: EntityState,
+    },
+    /// Remove the entity.
+    Delete {
+        /// The entity id (source prefix applied).
+        id: EntityId,
+    },
+}
+
+impl Decoded {
+    /// The entity id either way.
+    pub fn id(&self) -> &EntityId {
+        match self {
+            Decoded::Upsert { id, .. } | Decoded::Delete { id } => id,
+        }
+    }
+}
+
+/// Why a record cannot be folded. It goes to the dead-letter topic with
+/// [`Poison::code`] in its headers.
+#[derive(Debug, Error, Clone, PartialEq, Eq)]
+pub enum Poison {
+    /// The record has no key, so it names no entity.
+    #[error("record has no key")]
+    MissingKey,
+    /// The key is not a valid id.
+    #[error("key is not a valid entity id: {0}")]
+    InvalidId(IdError),
+    /// The value is larger than `ingest.max_value_bytes`.
+    #[error("value of {size} bytes exceeds the limit of {limit} bytes")]
+    TooLarge {
+        /// Value size.
+        size: usize,
+        /// Configured limit.
+        limit: usize,
+    },
+    /// The value is not valid UTF-8.
+    #[error("value is not valid UTF-8")]
+    InvalidUtf8,
+    /// The value is not JSON.
+    #[error("value is not valid JSON: {0}")]
+    InvalidJson(String),
+    /// The value is JSON but not a usable state.
+    #[error("{0}")]
+    BadState(StateError),
+    /// A Debezium envelope without a usable `op`/`after`.
+    #[error("malformed Debezium envelope: {0}")]
+    BadEnvelope(&'static str),
+}
+
+impl Poison {
+    /// A stable, low-cardinality code for headers and metrics.
+    pub fn code(&self) -> &'static str {
+        match self {
+            Poison::MissingKey => "missing_key",
+            Poison::InvalidId(_) => "invalid_id",
+            Poison::TooLarge { .. } => "too_large",
+            Poison::InvalidUtf8 => "invalid_utf8",
+            Poison::InvalidJson(_) => "invalid_json",
+            Poison::BadState(StateError::NotAnObject(_)) => "not_an_object",
+            Poison::BadState(StateError::ReservedField) => "reserved_field",
+            Poison::BadEnvelope(_) => "bad_envelope",
+        }
+    }
+}
+
+/// Decodes one record of `source`.
+pub fn decode(
+    source: &Source,
+    key: Option<&[u8]>,
+    value: Option<&[u8]>,
+    max_value_bytes: usize,
+) -> Result<Decoded, Poison> {
+    let key = key.ok_or(Poison::MissingKey)?;
+    let id = entity_id(source, key)?;
+    let Some(value) = value else {
+        return Ok(Decoded::Delete { id });
+    };
+    if value.len() > max_value_bytes {
+        return Err(Poison::TooLarge {
+            size: value.len(),
+            limit: max_value_bytes,
+        });
+    }
+    let text = std::str::from_utf8(value).map_err(|_| Poison::InvalidUtf8)?;
+    let json: Value =
+        serde_json::from_str(text).map_err(|e| Poison::InvalidJson(json_error_position(&e)))?;
+    let state = match source.format {
+        ValueFormat::Json => json,
+        ValueFormat::Debezium => match debezium_after(json)? {
+            Some(after) => after,
+            None => return Ok(Decoded::Delete { id }),
+        },
+    };
+    let state = EntityState::from_value(state).map_err(Poison::BadState)?;
+    Ok(Decoded::Upsert { id, state })
+}
+
+/// Only the position of a JSON error: serde's message can quote input.
+fn json_error_position(e: &serde_json::Error) -> String {
+    format!("{:?} error at line {} column {}", e.classify(), e.line(), e.column())
+}
+
+fn entity_id(source: &Source, key: &[u8]) -> Result<EntityId, Poison> {
+    let raw = match source.format {
+        ValueFormat::Json => std::str::from_utf8(key)
+            .map_err(|e| {
+                Poison::InvalidId(IdError::NotUtf8 {
+                    position: e.valid_up_to(),
+                })
+            })?
+            .to_owned(),
+        ValueFormat::Debezium => debezium_key(key)?,
+    };
+    let full = if source.id_prefix.is_empty() {
+        raw
+    } else {
+        format!("{}{raw}", source.id_prefix)
+    };
+    EntityId::parse(&full).map_err(Poison::InvalidId)
+}
+
+/// Debezium keys are JSON: `{"id": 7}`, `{"payload": {"id": 7}}` or a bare
+/// string. A single-member object yields that member's value.
+fn debezium_key(key: &[u8]) -> Result<String, Poison> {
+    let v: Value = serde_json::from_slice(key).map_err(|_| Poison::BadEnvelope("key is not JSON"))?;
+    let v = match v {
+        Value::Object(mut m) if m.contains_key("payload") && m.len() <= 2 => {
+            m.remove("payload").unwrap_or(Value::Null)
+        }
+        other => other,
+    };
+    let scalar = match v {
+        Value::Object(m) if m.len() == 1 => m.into_iter().next().map(|(_, v)| v),
+        other => Some(other),
+    };
+    match scalar {
+        Some(Value::String(s)) => Ok(s),
+        Some(Value::Number(n)) => Ok(n.to_string()),
+        _ => Err(Poison::BadEnvelope("key is not a single string or number")),
+    }
+}
+
+/// `Some(after)` for creates, updates and snapshot reads; `None` for deletes.
+fn debezium_after(envelope: Value) -> Result<Option<Value>, Poison> {
+    let Value::Object(mut m) = envelope else {
+        return Err(Poison::BadEnvelope("envelope is not an object"));
+    };
+    // With the JSON converter's schemas enabled, the event sits in `payload`.
+    if m.contains_key("schema") {
+        if let Some(Value::Object(p)) = m.remove("payload") {
+            m = p;
+        }
+    }
+    match m.get("op").and_then(Value::as_str) {
+        Some("d") => Ok(None),
+        Some("c" | "u" | "r") => match m.remove("after") {
+            Some(after @ Value::Object(_)) => Ok(Some(after)),
+            _ => Err(Poison::BadEnvelope("`after` is not an object")),
+        },
+        Some(_) => Err(Poison::BadEnvelope("unsupported `op`")),
+        None => Err(Poison::BadEnvelope("missing `op`")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use foldcache_common::id::EntityName;
+
+    fn src(format: ValueFormat, prefix: &str) -> Source {
+        Source {
+            topic: "t".into(),
+            entity: EntityName::parse("employees").unwrap(),
+            format,
+            id_prefix: prefix.into(),
+            ttl_ms: 1000,
+        }
+    }
+
+    #[test]
+    fn null_value_is_a_delete() {
+        let d = decode(&src(ValueFormat::Json, ""), Some(b"E1"), None, 100).unwrap();
+        assert_eq!(d, Decoded::Delete { id: EntityId::parse("E1").unwrap() });
+    }
+
+    #[test]
+    fn json_object_is_an_upsert_with_prefix() {
+        let d = decode(&src(ValueFormat::Json, "acme."), Some(b"E1"), Some(br#"{"a":1}"#), 100)
+            .unwrap();
+        assert_eq!(d.id().as_str(), "acme.E1");
+        assert!(matches!(d, Decoded::Upsert { .. }));
+    }
+
+    #[test]
+    fn poison_reasons() {
+        let s = src(ValueFormat::Json, "");
+        let code = |k: Option<&[u8]>, v: Option<&[u8]>| decode(&s, k, v, 16).unwrap_err().code();
+        assert_eq!(code(None, Some(b"{}")), "missing_key");
+        assert_eq!(code(Some(b"a b"), Some(b"{}")), "invalid_id");
+        assert_eq!(code(Some(b"\xff"), Some(b"{}")), "invalid_id");
+        assert_eq!(code(Some(b"E1"), Some(&[b' '; 17])), "too_large");
+        assert_eq!(code(Some(b"E1"), Some(b"\xff\xfe")), "invalid_utf8");
+        assert_eq!(code(Some(b"E1"), Some(b"{nope")), "invalid_json");
+        assert_eq!(code(Some(b"E1"), Some(b"[1]")), "not_an_object");
+        assert_eq!(code(Some(b"E1"), Some(br#"{"_fc:x":1}"#)), "reserved_field");
+    }
+
+    #[test]
+    fn json_error_never_quotes_the_value() {
+        let s = src(ValueFormat::Json, "");
+        let e = decode(&s, Some(b"E1"), Some(b"{\"salary\": secret}"), 100).unwrap_err();
+        assert!(!e.to_string().contains("secret"), "{e}");
+    }
+
+    #[test]
+    fn debezium_envelopes() {
+        let s = src(ValueFormat::Debezium, "");
+        let up = decode(&s, Some(br#"{"id":"E7"}"#), Some(br#"{"op":"u","before":null,"after":{"n":1}}"#), 1000).unwrap();
+        assert_eq!(up.id().as_str(), "E7");
+        assert!(matches!(up, Decoded::Upsert { .. }));
+        let del = decode(&s, Some(br#"{"id":7}"#), Some(br#"{"op":"d","before":{"n":1},"after":null}"#), 1000).unwrap();
+        assert_eq!(del, Decoded::Delete { id: EntityId::parse("7").unwrap() });
+        let wrapped = decode(
+            &s,
+            Some(br#"{"schema":{},"payload":{"id":"E8"}}"#),
+            Some(br#"{"schema":{},"payload":{"op":"c","after":{"n":2}}}"#),
+            1000,
+        )
+        .unwrap();
+        assert_eq!(wrapped.id().as_str(), "E8");
+        assert!(decode(&s, Some(br#"{"id":"E7"}"#), Some(br#"{"op":"t"}"#), 1000).is_err());
+        assert_eq!(decode(&s, Some(br#"{"id":"E7"}"#), None, 1000).unwrap(), Decoded::Delete { id: EntityId::parse("E7").unwrap() });
+    }
+}

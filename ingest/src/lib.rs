@@ -1,0 +1,27 @@
+//! foldcache ingest: folds compacted Kafka topics of HR entities into Redis.
+//!
+//! A tour, in the order a record travels:
+//! - [`consumer`]: the consume loop, the rebalance callback that starts each
+//!   partition at its offset stored in Redis, and caught-up detection.
+//! - [`decode`]: key and value to [`decode::Decoded`] (upsert or tombstone) or
+//!   to a [`decode::Poison`] reason.
+//! - [`dead_letter`]: poison records to the dead-letter topic.
+//! - [`fold`]: the atomic Redis script that writes a partition batch and its
+//!   offset together, fenced so that nothing ever regresses.
+//! - [`cache_state`]: the cache marker (epoch, generation, readiness,
+//!   heartbeat) that tells ingest when Redis lost its data.
+//! - [`admin`]: `/metrics`, `/healthz`, `/readyz`.
+//! - [`generate`], [`produce`], [`topics`]: the demo data set and tooling.
+
+pub mod admin;
+pub mod cache_state;
+pub mod consumer;
+pub mod dead_letter;
+pub mod decode;
+pub mod fold;
+pub mod generate;
+pub mod produce;
+pub mod source;
+pub mod topics;
+
+pub use consumer::Ingest;

@@ -1,0 +1,113 @@
+//! The `ingest` binary: `ingest run` (the default), `ingest create-topics`,
+//! `ingest generate`.
+
+use anyhow::Context as _;
+use clap::{Parser, Subcommand};
+use foldcache_common::config::Config;
+use foldcache_ingest::generate::{GenOptions, Generator};
+use foldcache_ingest::{Ingest, admin, produce, topics};
+use std::path::PathBuf;
+
+/// Folds compacted Kafka topics of HR entities into Redis.
+#[derive(Debug, Parser)]
+#[command(version, about)]
+struct Cli {
+    /// TOML config file; `FOLDCACHE__SECTION__KEY` variables override it.
+    #[arg(long, short, env = "FOLDCACHE_CONFIG", global = true)]
+    config: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Consume the source topics and fold them into Redis (the default).
+    Run,
+    /// Create the source topics (compacted) and the dead-letter topic.
+    CreateTopics {
+        /// Partitions per topic.
+        #[arg(long, default_value_t = 3)]
+        partitions: i32,
+        /// Replication factor.
+        #[arg(long, default_value_t = 1)]
+        replication_factor: i32,
+    },
+    /// Produce a deterministic HR data set to the source topics.
+    Generate {
+        /// RNG seed: the same seed produces the same events.
+        #[arg(long, default_value_t = 42)]
+        seed: u64,
+        /// Employees (and permission records).
+        #[arg(long, default_value_t = 10_000)]
+        employees: usize,
+        /// Teams.
+        #[arg(long, default_value_t = 10_000)]
+        teams: usize,
+        /// Updates of random employees after the initial load.
+        #[arg(long, default_value_t = 0)]
+        updates: usize,
+        /// Tombstones of random employees after the initial load.
+        #[arg(long, default_value_t = 0)]
+        deletes: usize,
+        /// Events per second; 0 = as fast as possible.
+        #[arg(long, default_value_t = 0)]
+        rate: u64,
+    },
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    let config = Config::load(cli.config.as_deref())?;
+    foldcache_common::telemetry::init(&config.log);
+    match cli.command.unwrap_or(Command::Run) {
+        Command::Run => run(config).await,
+        Command::CreateTopics { partitions, replication_factor } => {
+            topics::create_topics(&config, partitions, replication_factor).await
+        }
+        Command::Generate { seed, employees, teams, updates, deletes, rate } => {
+            let opts = GenOptions { seed, employees, teams, updates, deletes };
+            let sent = tokio::task::spawn_blocking(move || {
+                produce::produce(&config, Generator::new(opts).events(), rate)
+            })
+            .await??;
+            tracing::info!(events = sent, "data set produced");
+            println!("produced {sent} events");
+            Ok(())
+        }
+    }
+}
+
+async fn run(config: Config) -> anyhow::Result<()> {
+    let metrics = admin::install_metrics()?;
+    let listener = tokio::net::TcpListener::bind(config.ingest.admin_listen)
+        .await
+        .with_context(|| format!("binding ingest.admin_listen {}", config.ingest.admin_listen))?;
+    tracing::info!(addr = %listener.local_addr()?, "admin endpoints listening");
+    let ingest = Ingest::new(config)?;
+    let admin_task = tokio::spawn(admin::serve(listener, metrics, ingest.ready()));
+    let result = ingest.run(shutdown_signal()).await;
+    admin_task.abort();
+    tracing::info!("ingest stopped");
+    result
+}
+
+/// Resolves on SIGTERM or Ctrl-C.
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! {
+        () = ctrl_c => {},
+        () = term => {},
+    }
+    tracing::info!("shutdown requested: draining");
+}

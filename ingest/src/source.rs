@@ -1,0 +1,63 @@
+//! Sources resolved from config: which entity a topic feeds, how its values
+//! are encoded and how its keys become ids.
+
+use foldcache_common::config::{Config, EntityConfig, ValueFormat};
+use foldcache_common::id::EntityName;
+use std::collections::HashMap;
+use std::sync::Arc;
+
+/// One configured topic, validated.
+#[derive(Debug, Clone)]
+pub struct Source {
+    /// The topic.
+    pub topic: String,
+    /// The entity it feeds.
+    pub entity: EntityName,
+    /// Value encoding.
+    pub format: ValueFormat,
+    /// Prepended to each record key to form the entity id.
+    pub id_prefix: String,
+    /// TTL of each entity hash, in milliseconds.
+    pub ttl_ms: u64,
+}
+
+/// All sources by topic.
+#[derive(Debug, Clone)]
+pub struct Sources(HashMap<String, Arc<Source>>);
+
+impl Sources {
+    /// Resolves the config's sources (the config is already validated).
+    pub fn from_config(config: &Config) -> anyhow::Result<Self> {
+        let mut map = HashMap::new();
+        for s in &config.sources {
+            let entity = EntityName::parse(&s.entity)
+                .map_err(|e| anyhow::anyhow!("entity {:?}: {e}", s.entity))?;
+            let ec: &EntityConfig = config
+                .entity(&entity)
+                .ok_or_else(|| anyhow::anyhow!("entity {entity} is not configured"))?;
+            map.insert(
+                s.topic.clone(),
+                Arc::new(Source {
+                    topic: s.topic.clone(),
+                    entity,
+                    format: s.format,
+                    id_prefix: s.id_prefix.clone(),
+                    ttl_ms: ec.ttl_secs.saturating_mul(1000),
+                }),
+            );
+        }
+        Ok(Self(map))
+    }
+
+    /// The source of a topic.
+    pub fn get(&self, topic: &str) -> Option<&Arc<Source>> {
+        self.0.get(topic)
+    }
+
+    /// Every topic, for the subscription.
+    pub fn topics(&self) -> Vec<&str> {
+        let mut t: Vec<&str> = self.0.keys().map(String::as_str).collect();
+        t.sort_unstable();
+        t
+    }
+}

@@ -1,0 +1,57 @@
+//! `Cache-Control` values per entity, built once from config.
+
+use foldcache_common::config::{CacheControlConfig, Visibility};
+use http::HeaderValue;
+
+/// Renders an entity's `Cache-Control` for 200 and 304 responses.
+pub fn cache_control(c: &CacheControlConfig) -> HeaderValue {
+    let mut parts: Vec<String> = Vec::new();
+    match c.visibility {
+        Visibility::NoStore => return HeaderValue::from_static("no-store"),
+        Visibility::Private => parts.push("private".into()),
+        Visibility::Public => parts.push("public".into()),
+    }
+    parts.push(format!("max-age={}", c.max_age_secs));
+    if c.visibility == Visibility::Public {
+        if let Some(s) = c.s_maxage_secs {
+            parts.push(format!("s-maxage={s}"));
+        }
+    }
+    if let Some(s) = c.stale_while_revalidate_secs {
+        parts.push(format!("stale-while-revalidate={s}"));
+    }
+    if let Some(s) = c.stale_if_error_secs {
+        parts.push(format!("stale-if-error={s}"));
+    }
+    // Directives are ASCII built from numbers and fixed words.
+    HeaderValue::from_str(&parts.join(", ")).unwrap_or(HeaderValue::from_static("no-store"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cfg(v: Visibility) -> CacheControlConfig {
+        CacheControlConfig {
+            visibility: v,
+            max_age_secs: 60,
+            s_maxage_secs: Some(5),
+            stale_while_revalidate_secs: Some(30),
+            stale_if_error_secs: Some(86400),
+        }
+    }
+
+    #[test]
+    fn public_private_and_no_store() {
+        assert_eq!(
+            cache_control(&cfg(Visibility::Public)),
+            "public, max-age=60, s-maxage=5, stale-while-revalidate=30, stale-if-error=86400"
+        );
+        // s-maxage is meaningless for private responses.
+        assert_eq!(
+            cache_control(&cfg(Visibility::Private)),
+            "private, max-age=60, stale-while-revalidate=30, stale-if-error=86400"
+        );
+        assert_eq!(cache_control(&cfg(Visibility::NoStore)), "no-store");
+    }
+}

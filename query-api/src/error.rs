@@ -1,0 +1,110 @@
+//! Every error response: an RFC 9457 `application/problem+json` body with a
+//! status, a stable `type` and a `detail` that never carries internals or HR
+//! values.
+
+use axum::Json;
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde::Serialize;
+
+/// An error the API answers with.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    /// The entity type in the path is not valid or not configured.
+    #[error("unknown entity type")]
+    UnknownEntity(String),
+    /// The id in the path is not a valid id.
+    #[error("invalid id: {0}")]
+    InvalidId(String),
+    /// The request itself is malformed (path encoding and the like).
+    #[error("bad request: {0}")]
+    BadRequest(String),
+    /// No such entity; `max_age` is the negative-cache lifetime.
+    #[error("not found")]
+    NotFound {
+        /// Seconds a cache may keep the 404.
+        max_age: u64,
+    },
+    /// `If-Match` / `If-Unmodified-Since` failed.
+    #[error("precondition failed")]
+    PreconditionFailed,
+    /// The cache is cold or rebuilding.
+    #[error("cache not ready")]
+    NotReady {
+        /// `Retry-After` seconds.
+        retry_after: u64,
+    },
+    /// Redis did not answer. The cause is logged once, not sent.
+    #[error("backend unavailable")]
+    Unavailable {
+        /// `Retry-After` seconds.
+        retry_after: u64,
+    },
+    /// No route matched.
+    #[error("no such resource")]
+    NoRoute,
+}
+
+#[derive(Serialize)]
+struct Problem<'a> {
+    #[serde(rename = "type")]
+    kind: &'a str,
+    title: &'a str,
+    status: u16,
+    detail: String,
+}
+
+impl ApiError {
+    fn parts(&self) -> (StatusCode, &'static str, &'static str) {
+        match self {
+            ApiError::UnknownEntity(_) => (StatusCode::BAD_REQUEST, "unknown-entity", "Unknown entity type"),
+            ApiError::InvalidId(_) => (StatusCode::BAD_REQUEST, "invalid-id", "Invalid id"),
+            ApiError::BadRequest(_) => (StatusCode::BAD_REQUEST, "bad-request", "Bad request"),
+            ApiError::NotFound { .. } => (StatusCode::NOT_FOUND, "not-found", "Not found"),
+            ApiError::PreconditionFailed => (StatusCode::PRECONDITION_FAILED, "precondition-failed", "Precondition failed"),
+            ApiError::NotReady { .. } => (StatusCode::SERVICE_UNAVAILABLE, "cache-not-ready", "Cache not ready"),
+            ApiError::Unavailable { .. } => (StatusCode::SERVICE_UNAVAILABLE, "backend-unavailable", "Backend unavailable"),
+            ApiError::NoRoute => (StatusCode::NOT_FOUND, "no-route", "No such resource"),
+        }
+    }
+
+    fn detail(&self) -> String {
+        match self {
+            ApiError::UnknownEntity(e) => format!("entity type {e:?} is not served here"),
+            ApiError::InvalidId(why) => format!("the id {why}"),
+            ApiError::BadRequest(why) => why.clone(),
+            ApiError::NotFound { .. } => "no entity with this id".into(),
+            ApiError::PreconditionFailed => "the entity does not match the request's preconditions".into(),
+            ApiError::NotReady { .. } => "the cache is warming up or rebuilding; retry later".into(),
+            ApiError::Unavailable { .. } => "the cache backend is unreachable; retry later".into(),
+            ApiError::NoRoute => "see /openapi.json for the API".into(),
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let (status, slug, title) = self.parts();
+        let kind = format!("https://foldcache.dev/problems/{slug}");
+        let body = Problem {
+            kind: &kind,
+            title,
+            status: status.as_u16(),
+            detail: self.detail(),
+        };
+        let mut res = (status, Json(body)).into_response();
+        let h = res.headers_mut();
+        h.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/problem+json"));
+        let cache = match &self {
+            ApiError::NotFound { max_age } => format!("public, max-age={max_age}"),
+            _ => "no-store".to_owned(),
+        };
+        if let Ok(v) = HeaderValue::from_str(&cache) {
+            h.insert(header::CACHE_CONTROL, v);
+        }
+        if let ApiError::NotReady { retry_after } | ApiError::Unavailable { retry_after } = self {
+            h.insert(header::RETRY_AFTER, HeaderValue::from(retry_after));
+        }
+        res
+    }
+}

@@ -1,0 +1,136 @@
+//! foldcache query-api: HR entities from Redis over HTTP, with strong ETags,
+//! `Last-Modified`, per-entity `Cache-Control` and 304s.
+//!
+//! - [`routes`]: the handlers.
+//! - [`conditional`]: where `If-None-Match` and friends are evaluated.
+//! - [`cache_policy`]: `Cache-Control` per entity.
+//! - [`store`]: Redis reads and the cache-state poller (503, never a false
+//!   404).
+//! - [`error`]: problem+json errors.
+//!
+//! The app is built from a bound listener, the config and a shutdown future
+//! ([`serve`]), so tests bind port 0.
+
+pub mod cache_policy;
+pub mod conditional;
+pub mod error;
+pub mod routes;
+pub mod store;
+
+use axum::Router;
+use axum::extract::{MatchedPath, Request};
+use axum::middleware::{self, Next};
+use axum::response::Response;
+use axum::routing::get;
+use foldcache_common::config::Config;
+use foldcache_common::keys::KeySpace;
+use http::HeaderValue;
+use std::collections::HashMap;
+use std::future::Future;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use store::Store;
+use tokio::net::TcpListener;
+
+/// Per-entity response policy, derived once from config.
+#[derive(Debug, Clone)]
+pub struct EntityPolicy {
+    /// `Cache-Control` of 200/304.
+    pub cache_control: HeaderValue,
+    /// Negative-cache lifetime of a 404.
+    pub not_found_max_age: u64,
+}
+
+/// Shared state of the handlers.
+#[derive(Debug, Clone)]
+pub struct AppState {
+    /// Redis reads.
+    pub store: Store,
+    /// Policies by entity name; an entity not here is not served.
+    pub entities: Arc<HashMap<String, EntityPolicy>>,
+    /// `Retry-After` on 503.
+    pub retry_after: u64,
+}
+
+impl AppState {
+    /// Derives policies from config.
+    pub fn new(store: Store, config: &Config) -> Self {
+        let entities = config
+            .entities
+            .iter()
+            .map(|(name, e)| {
+                (
+                    name.clone(),
+                    EntityPolicy {
+                        cache_control: cache_policy::cache_control(&e.cache_control),
+                        not_found_max_age: e.not_found_max_age_secs,
+                    },
+                )
+            })
+            .collect();
+        Self {
+            store,
+            entities: Arc::new(entities),
+            retry_after: config.http.retry_after_secs,
+        }
+    }
+}
+
+/// The router with every route and middleware.
+pub fn router(state: AppState) -> Router {
+    Router::new()
+        .route("/v1/{entity}/{id}", get(routes::get_entity))
+        .route("/healthz", get(routes::healthz))
+        .route("/readyz", get(routes::readyz))
+        .fallback(routes::fallback)
+        .with_state(state)
+        .layer(middleware::from_fn(track_metrics))
+}
+
+/// Records request counts and latency by route template and status.
+async fn track_metrics(req: Request, next: Next) -> Response {
+    let start = Instant::now();
+    let route = req
+        .extensions()
+        .get::<MatchedPath>()
+        .map_or("unmatched", |p| match p.as_str() {
+            "/v1/{entity}/{id}" => "/v1/{entity}/{id}",
+            "/healthz" => "/healthz",
+            "/readyz" => "/readyz",
+            _ => "other",
+        });
+    let method = if req.method() == http::Method::HEAD { "HEAD" } else { "GET" };
+    let res = next.run(req).await;
+    let status = res.status().as_u16().to_string();
+    metrics::counter!("foldcache_http_requests_total", "route" => route, "method" => method, "status" => status).increment(1);
+    metrics::histogram!("foldcache_http_request_duration_seconds", "route" => route)
+        .record(start.elapsed().as_secs_f64());
+    res
+}
+
+/// Connects to Redis, starts the state poller and serves `listener` until
+/// `shutdown` resolves (in-flight requests finish).
+pub async fn serve(
+    listener: TcpListener,
+    config: &Config,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    let client = redis::Client::open(config.redis.url.expose().as_str())
+        .map_err(|e| anyhow::anyhow!("redis.url is not a valid Redis URL: {e}"))?;
+    let keys = KeySpace::new(config.redis.key_prefix.clone());
+    let store = loop {
+        match Store::connect(client.clone(), keys.clone()).await {
+            Ok(s) => break s,
+            Err(e) => {
+                tracing::warn!(error = %e, "connecting to Redis failed; retrying");
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+        }
+    };
+    let poller = tokio::spawn(store.clone().poll_state(Duration::from_millis(config.http.state_poll_ms)));
+    let app = router(AppState::new(store, config));
+    tracing::info!(addr = %listener.local_addr()?, "query-api listening");
+    let result = axum::serve(listener, app).with_graceful_shutdown(shutdown).await;
+    poller.abort();
+    Ok(result?)
+}

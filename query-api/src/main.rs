@@ -1,0 +1,62 @@
+//! The `query-api` binary.
+
+use anyhow::Context as _;
+use clap::Parser;
+use foldcache_common::config::Config;
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder};
+use std::path::PathBuf;
+
+/// Serves foldcache's HR entities over HTTP.
+#[derive(Debug, Parser)]
+#[command(version, about)]
+struct Cli {
+    /// TOML config file; `FOLDCACHE__SECTION__KEY` variables override it.
+    #[arg(long, short, env = "FOLDCACHE_CONFIG")]
+    config: Option<PathBuf>,
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    let config = Config::load(cli.config.as_deref())?;
+    foldcache_common::telemetry::init(&config.log);
+
+    let metrics = PrometheusBuilder::new()
+        .set_buckets_for_metric(
+            Matcher::Suffix("_seconds".into()),
+            &[0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.1, 0.5],
+        )?
+        .install_recorder()?;
+    let metrics_listener = tokio::net::TcpListener::bind(config.http.metrics_listen)
+        .await
+        .with_context(|| format!("binding http.metrics_listen {}", config.http.metrics_listen))?;
+    tracing::info!(addr = %metrics_listener.local_addr()?, "metrics listening");
+    tokio::spawn(async move {
+        let app = axum::Router::new().route(
+            "/metrics",
+            axum::routing::get(move || std::future::ready(metrics.render())),
+        );
+        axum::serve(metrics_listener, app).await
+    });
+
+    let listener = tokio::net::TcpListener::bind(config.http.listen)
+        .await
+        .with_context(|| format!("binding http.listen {}", config.http.listen))?;
+    foldcache_query_api::serve(listener, &config, shutdown_signal()).await
+}
+
+async fn shutdown_signal() {
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {},
+        () = term => {},
+    }
+    tracing::info!("shutdown requested: finishing in-flight requests");
+}

@@ -1,0 +1,171 @@
+//! Reads entities from Redis.
+//!
+//! A background task polls the cache marker (`{prefix}:state`) so that every
+//! lookup knows the live generation and readiness without an extra round
+//! trip. A lookup that finds no hash re-reads the marker before answering
+//! 404: if Redis was flushed, replaced or is rebuilding, the answer is 503,
+//! never a false 404.
+
+use foldcache_common::id::{EntityId, EntityName};
+use foldcache_common::keys::{KeySpace, META_ETAG, META_MODIFIED_MS, META_PREFIX, state_field};
+use foldcache_common::state::assemble_body;
+use redis::aio::ConnectionManager;
+use std::time::Duration;
+use tokio::sync::watch;
+
+/// The cache marker as last read.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct CacheView {
+    /// Whether a marker exists at all (absent: Redis is empty).
+    pub present: bool,
+    /// Generation to read.
+    pub live_gen: u64,
+    /// Caught up at least once.
+    pub ready: bool,
+}
+
+/// One entity, as served.
+#[derive(Debug, Clone)]
+pub struct Entity {
+    /// Canonical JSON body.
+    pub body: Vec<u8>,
+    /// Strong validator (without quotes).
+    pub etag: String,
+    /// Record time, ms since the epoch.
+    pub modified_ms: i64,
+}
+
+/// The result of a lookup.
+#[derive(Debug)]
+pub enum Lookup {
+    /// The entity.
+    Found(Entity),
+    /// The log has no such entity (the cache is ready and current).
+    NotFound,
+    /// The cache is cold or rebuilding: no answer can be trusted.
+    NotReady,
+}
+
+/// Redis-backed entity reads.
+#[derive(Clone)]
+pub struct Store {
+    keys: KeySpace,
+    con: ConnectionManager,
+    view: watch::Receiver<CacheView>,
+    view_tx: watch::Sender<CacheView>,
+}
+
+impl std::fmt::Debug for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Store").field("keys", &self.keys).finish_non_exhaustive()
+    }
+}
+
+impl Store {
+    /// Connects (the connection manager reconnects by itself afterwards).
+    pub async fn connect(client: redis::Client, keys: KeySpace) -> redis::RedisResult<Self> {
+        let con = ConnectionManager::new(client).await?;
+        let (view_tx, view) = watch::channel(CacheView::default());
+        let store = Self { keys, con, view, view_tx };
+        store.refresh().await?;
+        Ok(store)
+    }
+
+    /// Re-reads the cache marker.
+    pub async fn refresh(&self) -> redis::RedisResult<CacheView> {
+        let (epoch, gen_, ready): (Option<String>, Option<u64>, Option<String>) = redis::cmd("HMGET")
+            .arg(self.keys.state())
+            .arg(state_field::EPOCH)
+            .arg(state_field::LIVE_GEN)
+            .arg(state_field::READY)
+            .query_async(&mut self.con.clone())
+            .await?;
+        let view = CacheView {
+            present: epoch.is_some(),
+            live_gen: gen_.unwrap_or(0),
+            ready: epoch.is_some() && ready.as_deref() == Some("1"),
+        };
+        self.view_tx.send_if_modified(|v| {
+            let changed = *v != view;
+            if changed {
+                tracing::info!(present = view.present, generation = view.live_gen, ready = view.ready, "cache state changed");
+                *v = view.clone();
+            }
+            changed
+        });
+        Ok(view)
+    }
+
+    /// Polls the marker every `every` until the task is dropped.
+    pub async fn poll_state(self, every: Duration) {
+        let mut tick = tokio::time::interval(every);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            if let Err(e) = self.refresh().await {
+                tracing::warn!(error = %e, "reading the cache state failed");
+                // Unknown is not ready.
+                self.view_tx.send_if_modified(|v| {
+                    let changed = v.ready;
+                    v.ready = false;
+                    changed
+                });
+            }
+        }
+    }
+
+    /// The marker as last read.
+    pub fn view(&self) -> CacheView {
+        self.view.borrow().clone()
+    }
+
+    /// Whether Redis answers.
+    pub async fn ping(&self) -> bool {
+        redis::cmd("PING").query_async::<String>(&mut self.con.clone()).await.is_ok()
+    }
+
+    /// Looks up one entity.
+    pub async fn get(&self, entity: &EntityName, id: &EntityId) -> redis::RedisResult<Lookup> {
+        let view = self.view();
+        if !view.ready {
+            return Ok(Lookup::NotReady);
+        }
+        let key = self.keys.entity(view.live_gen, entity, id);
+        let fields: Vec<(String, String)> = redis::cmd("HGETALL")
+            .arg(&key)
+            .query_async(&mut self.con.clone())
+            .await?;
+        if fields.is_empty() {
+            // Confirm before saying 404: the marker may have changed since the
+            // last poll (flush, rebuild, generation swap).
+            let now = self.refresh().await?;
+            return Ok(if now.ready && now.live_gen == view.live_gen {
+                Lookup::NotFound
+            } else {
+                Lookup::NotReady
+            });
+        }
+        Ok(decode_hash(&fields).map_or(Lookup::NotFound, Lookup::Found))
+    }
+}
+
+/// Splits a hash into the body and its stored validators. `None` if the
+/// validators are missing (never written by ingest).
+fn decode_hash(fields: &[(String, String)]) -> Option<Entity> {
+    let mut etag = None;
+    let mut modified_ms = None;
+    let mut data: Vec<(&str, &str)> = Vec::with_capacity(fields.len());
+    for (k, v) in fields {
+        match k.as_str() {
+            META_ETAG => etag = Some(v.clone()),
+            META_MODIFIED_MS => modified_ms = v.parse().ok(),
+            other if other.starts_with(META_PREFIX) => {}
+            other => data.push((other, v)),
+        }
+    }
+    Some(Entity {
+        body: assemble_body(&mut data),
+        etag: etag?,
+        modified_ms: modified_ms?,
+    })
+}

@@ -1,0 +1,333 @@
+//! The foldcache test kit: real services for end-to-end tests and load
+//! benchmarks.
+//!
+//! - [`RedisServer`]: a private `redis-server` on a free port, nothing on
+//!   disk, killed on drop.
+//! - [`Broker`]: a private Tansu (Kafka-protocol) broker on a free port with
+//!   in-memory storage, killed on drop.
+//! - [`Process`]: one of foldcache's own binaries (`ingest`, `query-api`),
+//!   started with a generated config, killed on drop (or with SIGKILL on
+//!   demand, to test crash recovery).
+//!
+//! Binaries are found through the environment (`FOLDCACHE_TANSU`,
+//! `FOLDCACHE_REDIS_SERVER`), then `PATH`, then the cache that `scripts/dev`
+//! builds into (`~/.cache/foldcache/tansu-0.6.0/bin/tansu`).
+
+use anyhow::{Context, Result, bail};
+use rdkafka::ClientConfig;
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+/// A port nobody listens on right now.
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("bind an ephemeral port on 127.0.0.1")
+}
+
+/// A name unique to this process and call, for topics, groups and prefixes.
+pub fn unique(prefix: &str) -> String {
+    static N: AtomicU64 = AtomicU64::new(0);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.subsec_nanos())
+        .unwrap_or(0);
+    format!(
+        "{prefix}{}x{}x{nanos}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+/// Polls `check` every 50 ms until it returns `Ok(Some(_))` or `timeout`.
+pub async fn eventually<T, F, Fut>(what: &str, timeout: Duration, mut check: F) -> Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<Option<T>>>,
+{
+    let start = Instant::now();
+    let mut last_err = None;
+    loop {
+        match check().await {
+            Ok(Some(v)) => return Ok(v),
+            Ok(None) => {}
+            Err(e) => last_err = Some(e),
+        }
+        if start.elapsed() > timeout {
+            match last_err {
+                Some(e) => bail!("timed out after {timeout:?} waiting for {what}: {e:#}"),
+                None => bail!("timed out after {timeout:?} waiting for {what}"),
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// A child process killed (SIGKILL) and reaped on drop.
+#[derive(Debug)]
+pub struct Process {
+    name: String,
+    child: Option<Child>,
+}
+
+impl Process {
+    /// Starts `program` with `args`; stdout and stderr go to the test's.
+    pub fn spawn(name: &str, program: &Path, args: &[&str], env: &[(&str, &str)]) -> Result<Self> {
+        let mut cmd = Command::new(program);
+        cmd.args(args).stdin(Stdio::null());
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let child = cmd
+            .spawn()
+            .with_context(|| format!("starting {name} ({})", program.display()))?;
+        Ok(Self {
+            name: name.into(),
+            child: Some(child),
+        })
+    }
+
+    /// SIGKILL now: the crash that recovery must survive.
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// SIGTERM, then wait up to `grace` for a clean exit; returns whether the
+    /// process exited successfully in time.
+    pub fn terminate(&mut self, grace: Duration) -> bool {
+        let Some(mut c) = self.child.take() else {
+            return false;
+        };
+        let _ = Command::new("kill")
+            .args(["-TERM", &c.id().to_string()])
+            .status();
+        let start = Instant::now();
+        while start.elapsed() < grace {
+            if let Ok(Some(status)) = c.try_wait() {
+                return status.success();
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        tracing::warn!(name = %self.name, "did not exit after SIGTERM; killing");
+        let _ = c.kill();
+        let _ = c.wait();
+        false
+    }
+
+    /// Whether the process is still running.
+    pub fn is_running(&mut self) -> bool {
+        matches!(self.child.as_mut().map(|c| c.try_wait()), Some(Ok(None)))
+    }
+}
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+fn find_binary(env_var: &str, name: &str, fallbacks: &[PathBuf]) -> Result<PathBuf> {
+    if let Ok(p) = std::env::var(env_var) {
+        return Ok(PathBuf::from(p));
+    }
+    if let Some(paths) = std::env::var_os("PATH") {
+        for dir in std::env::split_paths(&paths) {
+            let p = dir.join(name);
+            if p.is_file() {
+                return Ok(p);
+            }
+        }
+    }
+    fallbacks
+        .iter()
+        .find(|p| p.is_file())
+        .cloned()
+        .with_context(|| {
+            format!("{name} not found (set {env_var}, or run `scripts/dev install`)")
+        })
+}
+
+/// The path of one of foldcache's binaries (`ingest`, `query-api`) in the
+/// same target directory as the running test. `scripts/dev test` builds them
+/// before the tests run.
+pub fn foldcache_binary(name: &str) -> Result<PathBuf> {
+    let exe = std::env::current_exe()?;
+    // target/<profile>/deps/<test-binary>
+    let dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .context("test executable has no target directory")?;
+    let p = dir.join(name);
+    if !p.is_file() {
+        bail!(
+            "{} is missing: run `cargo build --workspace --bins` first (scripts/dev test does)",
+            p.display()
+        );
+    }
+    Ok(p)
+}
+
+/// A private redis-server on a free port, with nothing on disk.
+#[derive(Debug)]
+pub struct RedisServer {
+    port: u16,
+    _process: Process,
+}
+
+impl RedisServer {
+    /// Starts it and waits until it answers PING.
+    pub async fn start() -> Result<Self> {
+        let bin = find_binary(
+            "FOLDCACHE_REDIS_SERVER",
+            "redis-server",
+            &[PathBuf::from("/usr/bin/redis-server")],
+        )?;
+        Self::start_on(&bin, free_port()).await
+    }
+
+    /// Starts one on `port` (to restart "the same" Redis empty).
+    pub async fn start_on(bin: &Path, port: u16) -> Result<Self> {
+        let port_s = port.to_string();
+        let process = Process::spawn(
+            "redis-server",
+            bin,
+            &[
+                "--port",
+                &port_s,
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--loglevel",
+                "warning",
+            ],
+            &[],
+        )?;
+        let server = Self {
+            port,
+            _process: process,
+        };
+        let client = redis::Client::open(server.url())?;
+        eventually("redis-server to answer PING", Duration::from_secs(10), || {
+            let client = client.clone();
+            async move {
+                let mut con = client.get_multiplexed_async_connection().await?;
+                let pong: String = redis::cmd("PING").query_async(&mut con).await?;
+                Ok((pong == "PONG").then_some(()))
+            }
+        })
+        .await?;
+        Ok(server)
+    }
+
+    /// Its port.
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// `redis://127.0.0.1:PORT`.
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    /// A fresh multiplexed connection.
+    pub async fn connection(&self) -> Result<redis::aio::MultiplexedConnection> {
+        Ok(redis::Client::open(self.url())?
+            .get_multiplexed_async_connection()
+            .await?)
+    }
+}
+
+/// A private Tansu broker (Kafka protocol) on a free port, in-memory storage.
+#[derive(Debug)]
+pub struct Broker {
+    port: u16,
+    _process: Process,
+}
+
+impl Broker {
+    /// Starts it and waits until it answers a metadata request.
+    pub async fn start() -> Result<Self> {
+        let home = std::env::var("HOME").unwrap_or_else(|_| "/root".into());
+        let cache = std::env::var("XDG_CACHE_HOME").unwrap_or_else(|_| format!("{home}/.cache"));
+        let bin = find_binary(
+            "FOLDCACHE_TANSU",
+            "tansu",
+            &[PathBuf::from(format!(
+                "{cache}/foldcache/tansu-0.6.0/bin/tansu"
+            ))],
+        )?;
+        let port = free_port();
+        let url = format!("tcp://127.0.0.1:{port}");
+        let process = Process::spawn(
+            "tansu",
+            &bin,
+            &[
+                "broker",
+                "--listener-url",
+                &url,
+                "--advertised-listener-url",
+                &url,
+                "--storage-engine",
+                "memory://tansu/",
+            ],
+            &[("RUST_LOG", "warn")],
+        )?;
+        let broker = Self {
+            port,
+            _process: process,
+        };
+        let brokers = broker.bootstrap();
+        eventually("the broker to answer metadata", Duration::from_secs(20), || {
+            let brokers = brokers.clone();
+            async move {
+                tokio::task::spawn_blocking(move || {
+                    let c: BaseConsumer = ClientConfig::new()
+                        .set("bootstrap.servers", &brokers)
+                        .create()?;
+                    Ok(c.fetch_metadata(None, Duration::from_secs(2)).ok().map(|_| ()))
+                })
+                .await?
+            }
+        })
+        .await?;
+        Ok(broker)
+    }
+
+    /// `127.0.0.1:PORT`.
+    pub fn bootstrap(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    /// Creates compacted topics with `partitions` partitions each.
+    pub async fn create_topics(&self, topics: &[&str], partitions: i32) -> Result<()> {
+        let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
+            .set("bootstrap.servers", self.bootstrap())
+            .create()?;
+        let new: Vec<NewTopic<'_>> = topics
+            .iter()
+            .map(|t| {
+                NewTopic::new(t, partitions, TopicReplication::Fixed(1))
+                    .set("cleanup.policy", "compact")
+            })
+            .collect();
+        for r in admin.create_topics(&new, &AdminOptions::new()).await? {
+            if let Err((topic, code)) = r {
+                bail!("creating topic {topic}: {code}");
+            }
+        }
+        Ok(())
+    }
+}
