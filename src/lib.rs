@@ -331,3 +331,224 @@ impl Broker {
         Ok(())
     }
 }
+
+/// Topic names of one test stack (unique per stack).
+#[derive(Debug, Clone)]
+pub struct Topics {
+    /// Feeds `employees`.
+    pub employees: String,
+    /// Feeds `teams`.
+    pub teams: String,
+    /// Feeds `permissions`.
+    pub permissions: String,
+    /// Dead letters.
+    pub dead_letter: String,
+}
+
+/// A whole foldcache deployment on private services: its own Redis, its own
+/// broker, unique topics, a config file, and the real `ingest` and
+/// `query-api` binaries started on demand.
+#[derive(Debug)]
+pub struct Stack {
+    /// The private Redis.
+    pub redis: RedisServer,
+    /// The private broker.
+    pub broker: Broker,
+    /// Topic names.
+    pub topics: Topics,
+    /// Port of query-api's public listener.
+    pub http_port: u16,
+    /// Port of query-api's metrics listener.
+    pub metrics_port: u16,
+    dir: PathBuf,
+    extra_toml: String,
+}
+
+impl Stack {
+    /// Starts Redis and a broker and creates the topics with `partitions`
+    /// partitions each. `extra_toml` is appended to the generated config
+    /// (for per-test overrides such as `[entities.employees]` tables).
+    pub async fn start(partitions: i32, extra_toml: &str) -> Result<Self> {
+        let (redis, broker) = tokio::try_join!(RedisServer::start(), Broker::start())?;
+        let id = unique("t");
+        let topics = Topics {
+            employees: format!("{id}.employees"),
+            teams: format!("{id}.teams"),
+            permissions: format!("{id}.permissions"),
+            dead_letter: format!("{id}.dlq"),
+        };
+        broker
+            .create_topics(&[&topics.employees, &topics.teams, &topics.permissions], partitions)
+            .await?;
+        broker.create_topics(&[&topics.dead_letter], 1).await?;
+        let dir = std::env::temp_dir().join(&id);
+        std::fs::create_dir_all(&dir)?;
+        let stack = Self {
+            redis,
+            broker,
+            topics,
+            http_port: free_port(),
+            metrics_port: free_port(),
+            dir,
+            extra_toml: extra_toml.to_owned(),
+        };
+        std::fs::write(stack.config_path(), stack.config_toml())?;
+        Ok(stack)
+    }
+
+    /// The generated config file.
+    pub fn config_path(&self) -> PathBuf {
+        self.dir.join("foldcache.toml")
+    }
+
+    /// The generated config text.
+    pub fn config_toml(&self) -> String {
+        format!(
+            r#"[redis]
+url = "{redis}"
+key_prefix = "fc"
+
+[kafka]
+brokers = "{brokers}"
+group_id = "{group}"
+dead_letter_topic = "{dlq}"
+
+[kafka.client]
+"session.timeout.ms" = "6000"
+"heartbeat.interval.ms" = "500"
+
+[ingest]
+batch_linger_ms = 2
+admin_listen = "127.0.0.1:0"
+heartbeat_interval_ms = 200
+
+[http]
+listen = "127.0.0.1:{http}"
+metrics_listen = "127.0.0.1:{metrics}"
+state_poll_ms = 100
+retry_after_secs = 1
+
+[log]
+filter = "info"
+
+[[sources]]
+topic = "{emp}"
+entity = "employees"
+
+[[sources]]
+topic = "{teams}"
+entity = "teams"
+
+[[sources]]
+topic = "{perms}"
+entity = "permissions"
+
+{extra}
+"#,
+            redis = self.redis.url(),
+            brokers = self.broker.bootstrap(),
+            group = format!("{}-group", self.topics.employees),
+            dlq = self.topics.dead_letter,
+            http = self.http_port,
+            metrics = self.metrics_port,
+            emp = self.topics.employees,
+            teams = self.topics.teams,
+            perms = self.topics.permissions,
+            extra = self.extra_toml,
+        )
+    }
+
+    /// Starts an `ingest` process on this stack.
+    pub fn spawn_ingest(&self) -> Result<Process> {
+        let config = self.config_path();
+        Process::spawn(
+            "ingest",
+            &foldcache_binary("ingest")?,
+            &["--config", &config.to_string_lossy(), "run"],
+            &[],
+        )
+    }
+
+    /// Starts a `query-api` process on this stack.
+    pub fn spawn_query_api(&self) -> Result<Process> {
+        let config = self.config_path();
+        Process::spawn(
+            "query-api",
+            &foldcache_binary("query-api")?,
+            &["--config", &config.to_string_lossy()],
+            &[],
+        )
+    }
+
+    /// `http://127.0.0.1:PORT`.
+    pub fn base_url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.http_port)
+    }
+
+    /// An idempotent producer on this stack's broker.
+    pub fn producer(&self) -> Result<rdkafka::producer::FutureProducer> {
+        Ok(ClientConfig::new()
+            .set("bootstrap.servers", self.broker.bootstrap())
+            .set("enable.idempotence", "true")
+            .set("linger.ms", "2")
+            .create()?)
+    }
+
+    /// Produces one record and waits for its acknowledgement; returns
+    /// `(partition, offset)`.
+    pub async fn produce(
+        &self,
+        producer: &rdkafka::producer::FutureProducer,
+        topic: &str,
+        key: Option<&[u8]>,
+        value: Option<&[u8]>,
+    ) -> Result<(i32, i64)> {
+        let mut record: rdkafka::producer::FutureRecord<'_, [u8], [u8]> =
+            rdkafka::producer::FutureRecord::to(topic);
+        if let Some(k) = key {
+            record = record.key(k);
+        }
+        if let Some(v) = value {
+            record = record.payload(v);
+        }
+        let delivery = producer
+            .send(record, Duration::from_secs(10))
+            .await
+            .map_err(|(e, _)| e)?;
+        Ok((delivery.partition, delivery.offset))
+    }
+
+    /// Waits until query-api's `/readyz` answers 200.
+    pub async fn wait_ready(&self, timeout: Duration) -> Result<()> {
+        let url = format!("{}/readyz", self.base_url());
+        eventually("query-api /readyz", timeout, || {
+            let url = url.clone();
+            async move { Ok(http_status(&url).await.ok().filter(|s| *s == 200).map(|_| ())) }
+        })
+        .await
+    }
+}
+
+impl Drop for Stack {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// The status of a plain GET, with a minimal HTTP/1.1 client (so the kit
+/// needs no HTTP library).
+pub async fn http_status(url: &str) -> Result<u16> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let rest = url.strip_prefix("http://").context("only http:// URLs")?;
+    let (host, path) = rest.split_once('/').unwrap_or((rest, ""));
+    let mut s = tokio::net::TcpStream::connect(host).await?;
+    s.write_all(format!("GET /{path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n").as_bytes())
+        .await?;
+    let mut buf = Vec::new();
+    s.read_to_end(&mut buf).await?;
+    let line = String::from_utf8_lossy(&buf);
+    line.split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .context("no HTTP status line")
+}
