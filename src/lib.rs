@@ -152,9 +152,7 @@ fn find_binary(env_var: &str, name: &str, fallbacks: &[PathBuf]) -> Result<PathB
         .iter()
         .find(|p| p.is_file())
         .cloned()
-        .with_context(|| {
-            format!("{name} not found (set {env_var}, or run `scripts/dev install`)")
-        })
+        .with_context(|| format!("{name} not found (set {env_var}, or run `scripts/dev install`)"))
 }
 
 /// The path of one of foldcache's binaries (`ingest`, `query-api`) in the
@@ -220,14 +218,18 @@ impl RedisServer {
             _process: process,
         };
         let client = redis::Client::open(server.url())?;
-        eventually("redis-server to answer PING", Duration::from_secs(10), || {
-            let client = client.clone();
-            async move {
-                let mut con = client.get_multiplexed_async_connection().await?;
-                let pong: String = redis::cmd("PING").query_async(&mut con).await?;
-                Ok((pong == "PONG").then_some(()))
-            }
-        })
+        eventually(
+            "redis-server to answer PING",
+            Duration::from_secs(10),
+            || {
+                let client = client.clone();
+                async move {
+                    let mut con = client.get_multiplexed_async_connection().await?;
+                    let pong: String = redis::cmd("PING").query_async(&mut con).await?;
+                    Ok((pong == "PONG").then_some(()))
+                }
+            },
+        )
         .await?;
         Ok(server)
     }
@@ -290,18 +292,24 @@ impl Broker {
             _process: process,
         };
         let brokers = broker.bootstrap();
-        eventually("the broker to answer metadata", Duration::from_secs(20), || {
-            let brokers = brokers.clone();
-            async move {
-                tokio::task::spawn_blocking(move || {
-                    let c: BaseConsumer = ClientConfig::new()
-                        .set("bootstrap.servers", &brokers)
-                        .create()?;
-                    Ok(c.fetch_metadata(None, Duration::from_secs(2)).ok().map(|_| ()))
-                })
-                .await?
-            }
-        })
+        eventually(
+            "the broker to answer metadata",
+            Duration::from_secs(20),
+            || {
+                let brokers = brokers.clone();
+                async move {
+                    tokio::task::spawn_blocking(move || {
+                        let c: BaseConsumer = ClientConfig::new()
+                            .set("bootstrap.servers", &brokers)
+                            .create()?;
+                        Ok(c.fetch_metadata(None, Duration::from_secs(2))
+                            .ok()
+                            .map(|_| ()))
+                    })
+                    .await?
+                }
+            },
+        )
         .await?;
         Ok(broker)
     }
@@ -378,7 +386,10 @@ impl Stack {
             dead_letter: format!("{id}.dlq"),
         };
         broker
-            .create_topics(&[&topics.employees, &topics.teams, &topics.permissions], partitions)
+            .create_topics(
+                &[&topics.employees, &topics.teams, &topics.permissions],
+                partitions,
+            )
             .await?;
         broker.create_topics(&[&topics.dead_letter], 1).await?;
         let dir = std::env::temp_dir().join(&id);
@@ -410,7 +421,7 @@ key_prefix = "fc"
 
 [kafka]
 brokers = "{brokers}"
-group_id = "{group}"
+group_id = "{emp}-group"
 dead_letter_topic = "{dlq}"
 
 [kafka.client]
@@ -447,7 +458,6 @@ entity = "permissions"
 "#,
             redis = self.redis.url(),
             brokers = self.broker.bootstrap(),
-            group = format!("{}-group", self.topics.employees),
             dlq = self.topics.dead_letter,
             http = self.http_port,
             metrics = self.metrics_port,
@@ -523,7 +533,13 @@ entity = "permissions"
         let url = format!("{}/readyz", self.base_url());
         eventually("query-api /readyz", timeout, || {
             let url = url.clone();
-            async move { Ok(http_status(&url).await.ok().filter(|s| *s == 200).map(|_| ())) }
+            async move {
+                Ok(http_status(&url)
+                    .await
+                    .ok()
+                    .filter(|s| *s == 200)
+                    .map(|_| ()))
+            }
         })
         .await
     }
@@ -542,8 +558,10 @@ pub async fn http_status(url: &str) -> Result<u16> {
     let rest = url.strip_prefix("http://").context("only http:// URLs")?;
     let (host, path) = rest.split_once('/').unwrap_or((rest, ""));
     let mut s = tokio::net::TcpStream::connect(host).await?;
-    s.write_all(format!("GET /{path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n").as_bytes())
-        .await?;
+    s.write_all(
+        format!("GET /{path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n").as_bytes(),
+    )
+    .await?;
     let mut buf = Vec::new();
     s.read_to_end(&mut buf).await?;
     let line = String::from_utf8_lossy(&buf);

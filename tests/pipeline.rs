@@ -44,12 +44,26 @@ async fn insert_update_tombstone_ttl_etag_and_304() -> Result<()> {
     // Insert: appears over HTTP with its JSON types intact.
     let v1 = json!({"id": "E1", "name": "김민준", "salary": 5_000_000, "active": true,
                     "manager_id": null, "skills": ["rust"], "address": {"city": "Seoul"}, "fte": 0.5});
-    stack.produce(&producer, topic, Some(b"E1"), Some(v1.to_string().as_bytes())).await?;
+    stack
+        .produce(
+            &producer,
+            topic,
+            Some(b"E1"),
+            Some(v1.to_string().as_bytes()),
+        )
+        .await?;
     let r = wait_status(&url, StatusCode::OK).await?;
     let tag1 = etag(&r);
-    assert!(tag1.starts_with('"') && !tag1.starts_with("W/"), "strong ETag: {tag1}");
+    assert!(
+        tag1.starts_with('"') && !tag1.starts_with("W/"),
+        "strong ETag: {tag1}"
+    );
     assert!(r.headers().contains_key("last-modified"));
-    assert!(r.headers()["cache-control"].to_str()?.contains("max-age=60"));
+    assert!(
+        r.headers()["cache-control"]
+            .to_str()?
+            .contains("max-age=60")
+    );
     let body: Value = r.json().await?;
     assert_eq!(body, v1);
 
@@ -68,13 +82,20 @@ async fn insert_update_tombstone_ttl_etag_and_304() -> Result<()> {
     // Re-producing the same content (a duplicate at a later offset) keeps the
     // ETag: it changes only if the content changes.
     let (_, dup_offset) = stack
-        .produce(&producer, topic, Some(b"E1"), Some(v1.to_string().as_bytes()))
+        .produce(
+            &producer,
+            topic,
+            Some(b"E1"),
+            Some(v1.to_string().as_bytes()),
+        )
         .await?;
     eventually("the duplicate to be folded", WAIT, || {
         let mut con = con.clone();
         async move {
             let src: Option<String> = con.hget("fc:g1:employees:E1", "_fc:src").await?;
-            Ok(src.filter(|s| s.ends_with(&format!("/{dup_offset}"))).map(|_| ()))
+            Ok(src
+                .filter(|s| s.ends_with(&format!("/{dup_offset}")))
+                .map(|_| ()))
         }
     })
     .await?;
@@ -83,7 +104,14 @@ async fn insert_update_tombstone_ttl_etag_and_304() -> Result<()> {
     // Update: replaces the whole state (a dropped member disappears) and the
     // ETag changes; the old validator no longer gets a 304.
     let v2 = json!({"id": "E1", "name": "김민준", "salary": 5_500_000, "active": true});
-    stack.produce(&producer, topic, Some(b"E1"), Some(v2.to_string().as_bytes())).await?;
+    stack
+        .produce(
+            &producer,
+            topic,
+            Some(b"E1"),
+            Some(v2.to_string().as_bytes()),
+        )
+        .await?;
     let r = eventually("the update to be served", WAIT, || async {
         let r = get(&url, None).await?;
         Ok((etag(&r) != tag1).then_some(r))
@@ -92,7 +120,10 @@ async fn insert_update_tombstone_ttl_etag_and_304() -> Result<()> {
     let tag2 = etag(&r);
     assert_eq!(r.json::<Value>().await?, v2);
     assert_eq!(get(&url, Some(&tag1)).await?.status(), StatusCode::OK);
-    assert_eq!(get(&url, Some(&tag2)).await?.status(), StatusCode::NOT_MODIFIED);
+    assert_eq!(
+        get(&url, Some(&tag2)).await?.status(),
+        StatusCode::NOT_MODIFIED
+    );
 
     // Tombstone: deleted, 404 afterwards, and the key is gone from Redis.
     stack.produce(&producer, topic, Some(b"E1"), None).await?;
@@ -115,13 +146,29 @@ async fn poison_goes_to_the_dead_letter_topic_and_never_stalls_the_partition() -
     stack.wait_ready(WAIT).await?;
 
     // Same partition (one partition): poison first, then a good record.
-    stack.produce(&producer, topic, Some(b"T1"), Some(b"{not json")).await?;
-    stack.produce(&producer, topic, Some(b"bad key!"), Some(b"{}")).await?;
-    stack.produce(&producer, topic, Some(b"T2"), Some(br#"{"name":"Platform"}"#)).await?;
+    stack
+        .produce(&producer, topic, Some(b"T1"), Some(b"{not json"))
+        .await?;
+    stack
+        .produce(&producer, topic, Some(b"bad key!"), Some(b"{}"))
+        .await?;
+    stack
+        .produce(
+            &producer,
+            topic,
+            Some(b"T2"),
+            Some(br#"{"name":"Platform"}"#),
+        )
+        .await?;
     let r = wait_status(&format!("{}/v1/teams/T2", stack.base_url()), StatusCode::OK).await?;
     assert_eq!(r.json::<Value>().await?, json!({"name": "Platform"}));
     // The poison record did not become an entity.
-    assert_eq!(get(&format!("{}/v1/teams/T1", stack.base_url()), None).await?.status(), StatusCode::NOT_FOUND);
+    assert_eq!(
+        get(&format!("{}/v1/teams/T1", stack.base_url()), None)
+            .await?
+            .status(),
+        StatusCode::NOT_FOUND
+    );
 
     let consumer: StreamConsumer = rdkafka::ClientConfig::new()
         .set("bootstrap.servers", stack.broker.bootstrap())
@@ -138,7 +185,10 @@ async fn poison_goes_to_the_dead_letter_topic_and_never_stalls_the_partition() -
             .find(|h| h.key == "foldcache.reason")
             .and_then(|h| h.value)
             .map(|v| String::from_utf8_lossy(v).into_owned());
-        let origin = headers.iter().find(|h| h.key == "foldcache.topic").and_then(|h| h.value);
+        let origin = headers
+            .iter()
+            .find(|h| h.key == "foldcache.topic")
+            .and_then(|h| h.value);
         assert_eq!(origin, Some(topic.as_bytes()));
         reasons.push((m.key().map(<[u8]>::to_vec), reason));
     }
@@ -183,7 +233,12 @@ async fn redis_flush_replays_from_offset_zero() -> Result<()> {
     for i in 0..50 {
         let v = json!({"id": format!("E{i}"), "n": i});
         stack
-            .produce(&producer, &stack.topics.employees, Some(format!("E{i}").as_bytes()), Some(v.to_string().as_bytes()))
+            .produce(
+                &producer,
+                &stack.topics.employees,
+                Some(format!("E{i}").as_bytes()),
+                Some(v.to_string().as_bytes()),
+            )
             .await?;
     }
     let url = format!("{}/v1/employees/E49", stack.base_url());

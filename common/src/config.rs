@@ -299,8 +299,9 @@ impl Config {
                 return bad(format!("topic {:?} is listed twice in sources", s.topic));
             }
             if !s.id_prefix.is_empty() {
-                check_id_prefix(&s.id_prefix)
-                    .map_err(|e| ConfigError::Invalid(format!("id_prefix of {:?}: {e}", s.topic)))?;
+                check_id_prefix(&s.id_prefix).map_err(|e| {
+                    ConfigError::Invalid(format!("id_prefix of {:?}: {e}", s.topic))
+                })?;
             }
         }
         if self.sources.is_empty() {
@@ -339,6 +340,7 @@ mod tests {
     }
 
     #[test]
+    #[allow(clippy::result_large_err)] // figment::Jail's own signature
     fn file_then_env_override_defaults() {
         let mut f = tempfile::NamedTempFile::new().unwrap();
         writeln!(

@@ -161,4 +161,3 @@ impl StateStore {
             .query(con)
     }
 }
-

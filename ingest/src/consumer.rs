@@ -109,7 +109,11 @@ impl ConsumerContext for IngestContext {
             Rebalance::Revoke(tpl) => {
                 let mut positions = lock(&self.positions);
                 for e in tpl.elements() {
-                    tracing::info!(topic = e.topic(), partition = e.partition(), "partition revoked");
+                    tracing::info!(
+                        topic = e.topic(),
+                        partition = e.partition(),
+                        "partition revoked"
+                    );
                     positions.remove(&(e.topic().to_owned(), e.partition()));
                     lock(&self.fetch).remove(&(e.topic().to_owned(), e.partition()));
                 }
@@ -241,7 +245,9 @@ impl Ingest {
             match self.consume(&state, &mut con, &mut shutdown).await? {
                 Exit::Shutdown => return Ok(()),
                 Exit::EpochLost => {
-                    tracing::warn!("Redis lost foldcache's data (cache epoch gone): replaying every topic from offset zero");
+                    tracing::warn!(
+                        "Redis lost foldcache's data (cache epoch gone): replaying every topic from offset zero"
+                    );
                     metrics::counter!("foldcache_ingest_redis_losses_total").increment(1);
                     self.ready.send_replace(false);
                 }
@@ -379,7 +385,10 @@ impl Ingest {
             }
         };
         if exit == Exit::Shutdown {
-            tracing::info!(records = batch.records, "shutting down: folding the last batch");
+            tracing::info!(
+                records = batch.records,
+                "shutting down: folding the last batch"
+            );
             self.flush(&consumer, &dead, con, state, &mut batch).await?;
             if let Err(e) = consumer.commit_consumer_state(rdkafka::consumer::CommitMode::Async) {
                 tracing::debug!(error = %e, "final offset commit (mirror) failed");
@@ -394,7 +403,12 @@ impl Ingest {
         consumer: &Arc<StreamConsumer<IngestContext>>,
     ) -> anyhow::Result<Vec<Tp>> {
         let consumer = consumer.clone();
-        let topics: Vec<String> = self.sources.topics().into_iter().map(String::from).collect();
+        let topics: Vec<String> = self
+            .sources
+            .topics()
+            .into_iter()
+            .map(String::from)
+            .collect();
         tokio::task::spawn_blocking(move || {
             let mut all = Vec::new();
             for t in &topics {
@@ -424,11 +438,27 @@ impl Ingest {
             .partitions
             .entry((topic.to_owned(), partition))
             .or_insert_with(|| PartitionBatch::new(topic, partition));
-        match decode(source, m.key(), m.payload(), self.config.ingest.max_value_bytes) {
+        match decode(
+            source,
+            m.key(),
+            m.payload(),
+            self.config.ingest.max_value_bytes,
+        ) {
             Ok(decoded) => {
-                let kind = if matches!(decoded, Decoded::Delete { .. }) { "delete" } else { "upsert" };
+                let kind = if matches!(decoded, Decoded::Delete { .. }) {
+                    "delete"
+                } else {
+                    "upsert"
+                };
                 metrics::counter!("foldcache_ingest_records_total", "entity" => source.entity.to_string(), "kind" => kind).increment(1);
-                pb.push(&self.keys, state.live_gen, source, offset, timestamp_ms(m.timestamp()), decoded);
+                pb.push(
+                    &self.keys,
+                    state.live_gen,
+                    source,
+                    offset,
+                    timestamp_ms(m.timestamp()),
+                    decoded,
+                );
             }
             Err(poison) => {
                 pb.advance(offset);
@@ -461,10 +491,16 @@ impl Ingest {
         }
         let started = Instant::now();
         dead.send_all(&batch.dead).await;
-        let partitions: Vec<PartitionBatch> = std::mem::take(&mut batch.partitions).into_values().collect();
+        let partitions: Vec<PartitionBatch> = std::mem::take(&mut batch.partitions)
+            .into_values()
+            .collect();
         let mut backoff = Duration::from_millis(50);
         let outcome = loop {
-            match self.folder.fold(con, &state.epoch, state.live_gen, &partitions).await {
+            match self
+                .folder
+                .fold(con, &state.epoch, state.live_gen, &partitions)
+                .await
+            {
                 Ok(o) => break o,
                 Err(FoldError::EpochChanged) => {
                     *batch = Batch::default();
@@ -488,11 +524,20 @@ impl Ingest {
                 }
             }
         }
-        metrics::counter!("foldcache_ingest_folded_total", "outcome" => "upserted").increment(outcome.upserted);
-        metrics::counter!("foldcache_ingest_folded_total", "outcome" => "deleted").increment(outcome.deleted);
-        metrics::counter!("foldcache_ingest_folded_total", "outcome" => "skipped").increment(outcome.skipped);
-        metrics::histogram!("foldcache_ingest_batch_seconds").record(started.elapsed().as_secs_f64());
-        tracing::debug!(records = batch.records, partitions = partitions.len(), ?outcome, "batch folded");
+        metrics::counter!("foldcache_ingest_folded_total", "outcome" => "upserted")
+            .increment(outcome.upserted);
+        metrics::counter!("foldcache_ingest_folded_total", "outcome" => "deleted")
+            .increment(outcome.deleted);
+        metrics::counter!("foldcache_ingest_folded_total", "outcome" => "skipped")
+            .increment(outcome.skipped);
+        metrics::histogram!("foldcache_ingest_batch_seconds")
+            .record(started.elapsed().as_secs_f64());
+        tracing::debug!(
+            records = batch.records,
+            partitions = partitions.len(),
+            ?outcome,
+            "batch folded"
+        );
         *batch = Batch::default();
         Ok(None)
     }

@@ -73,11 +73,26 @@ impl DeadLetters {
         let mut backoff = Duration::from_millis(100);
         loop {
             let headers = OwnedHeaders::new()
-                .insert(Header { key: header::REASON, value: Some(l.reason) })
-                .insert(Header { key: header::ERROR, value: Some(l.error.as_str()) })
-                .insert(Header { key: header::TOPIC, value: Some(l.topic.as_str()) })
-                .insert(Header { key: header::PARTITION, value: Some(partition.as_str()) })
-                .insert(Header { key: header::OFFSET, value: Some(offset.as_str()) });
+                .insert(Header {
+                    key: header::REASON,
+                    value: Some(l.reason),
+                })
+                .insert(Header {
+                    key: header::ERROR,
+                    value: Some(l.error.as_str()),
+                })
+                .insert(Header {
+                    key: header::TOPIC,
+                    value: Some(l.topic.as_str()),
+                })
+                .insert(Header {
+                    key: header::PARTITION,
+                    value: Some(partition.as_str()),
+                })
+                .insert(Header {
+                    key: header::OFFSET,
+                    value: Some(offset.as_str()),
+                });
             let mut record: FutureRecord<'_, [u8], [u8]> =
                 FutureRecord::to(&self.topic).headers(headers);
             if let Some(k) = &l.key {

@@ -118,7 +118,12 @@ pub fn decode(
 
 /// Only the position of a JSON error: serde's message can quote input.
 fn json_error_position(e: &serde_json::Error) -> String {
-    format!("{:?} error at line {} column {}", e.classify(), e.line(), e.column())
+    format!(
+        "{:?} error at line {} column {}",
+        e.classify(),
+        e.line(),
+        e.column()
+    )
 }
 
 fn entity_id(source: &Source, key: &[u8]) -> Result<EntityId, Poison> {
@@ -143,7 +148,8 @@ fn entity_id(source: &Source, key: &[u8]) -> Result<EntityId, Poison> {
 /// Debezium keys are JSON: `{"id": 7}`, `{"payload": {"id": 7}}` or a bare
 /// string. A single-member object yields that member's value.
 fn debezium_key(key: &[u8]) -> Result<String, Poison> {
-    let v: Value = serde_json::from_slice(key).map_err(|_| Poison::BadEnvelope("key is not JSON"))?;
+    let v: Value =
+        serde_json::from_slice(key).map_err(|_| Poison::BadEnvelope("key is not JSON"))?;
     let v = match v {
         Value::Object(mut m) if m.contains_key("payload") && m.len() <= 2 => {
             m.remove("payload").unwrap_or(Value::Null)
@@ -167,10 +173,10 @@ fn debezium_after(envelope: Value) -> Result<Option<Value>, Poison> {
         return Err(Poison::BadEnvelope("envelope is not an object"));
     };
     // With the JSON converter's schemas enabled, the event sits in `payload`.
-    if m.contains_key("schema") {
-        if let Some(Value::Object(p)) = m.remove("payload") {
-            m = p;
-        }
+    if m.contains_key("schema")
+        && let Some(Value::Object(p)) = m.remove("payload")
+    {
+        m = p;
     }
     match m.get("op").and_then(Value::as_str) {
         Some("d") => Ok(None),
@@ -201,13 +207,23 @@ mod tests {
     #[test]
     fn null_value_is_a_delete() {
         let d = decode(&src(ValueFormat::Json, ""), Some(b"E1"), None, 100).unwrap();
-        assert_eq!(d, Decoded::Delete { id: EntityId::parse("E1").unwrap() });
+        assert_eq!(
+            d,
+            Decoded::Delete {
+                id: EntityId::parse("E1").unwrap()
+            }
+        );
     }
 
     #[test]
     fn json_object_is_an_upsert_with_prefix() {
-        let d = decode(&src(ValueFormat::Json, "acme."), Some(b"E1"), Some(br#"{"a":1}"#), 100)
-            .unwrap();
+        let d = decode(
+            &src(ValueFormat::Json, "acme."),
+            Some(b"E1"),
+            Some(br#"{"a":1}"#),
+            100,
+        )
+        .unwrap();
         assert_eq!(d.id().as_str(), "acme.E1");
         assert!(matches!(d, Decoded::Upsert { .. }));
     }
@@ -236,11 +252,28 @@ mod tests {
     #[test]
     fn debezium_envelopes() {
         let s = src(ValueFormat::Debezium, "");
-        let up = decode(&s, Some(br#"{"id":"E7"}"#), Some(br#"{"op":"u","before":null,"after":{"n":1}}"#), 1000).unwrap();
+        let up = decode(
+            &s,
+            Some(br#"{"id":"E7"}"#),
+            Some(br#"{"op":"u","before":null,"after":{"n":1}}"#),
+            1000,
+        )
+        .unwrap();
         assert_eq!(up.id().as_str(), "E7");
         assert!(matches!(up, Decoded::Upsert { .. }));
-        let del = decode(&s, Some(br#"{"id":7}"#), Some(br#"{"op":"d","before":{"n":1},"after":null}"#), 1000).unwrap();
-        assert_eq!(del, Decoded::Delete { id: EntityId::parse("7").unwrap() });
+        let del = decode(
+            &s,
+            Some(br#"{"id":7}"#),
+            Some(br#"{"op":"d","before":{"n":1},"after":null}"#),
+            1000,
+        )
+        .unwrap();
+        assert_eq!(
+            del,
+            Decoded::Delete {
+                id: EntityId::parse("7").unwrap()
+            }
+        );
         let wrapped = decode(
             &s,
             Some(br#"{"schema":{},"payload":{"id":"E8"}}"#),
@@ -250,6 +283,11 @@ mod tests {
         .unwrap();
         assert_eq!(wrapped.id().as_str(), "E8");
         assert!(decode(&s, Some(br#"{"id":"E7"}"#), Some(br#"{"op":"t"}"#), 1000).is_err());
-        assert_eq!(decode(&s, Some(br#"{"id":"E7"}"#), None, 1000).unwrap(), Decoded::Delete { id: EntityId::parse("E7").unwrap() });
+        assert_eq!(
+            decode(&s, Some(br#"{"id":"E7"}"#), None, 1000).unwrap(),
+            Decoded::Delete {
+                id: EntityId::parse("E7").unwrap()
+            }
+        );
     }
 }

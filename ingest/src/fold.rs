@@ -240,7 +240,8 @@ impl Folder {
         b: &PartitionBatch,
     ) -> redis::ScriptInvocation<'_> {
         let mut inv = self.script.prepare_invoke();
-        inv.key(self.keys.state()).key(self.keys.offsets(generation));
+        inv.key(self.keys.state())
+            .key(self.keys.offsets(generation));
         inv.arg(epoch)
             .arg(partition_field(&b.topic, b.partition))
             .arg(b.next_offset)

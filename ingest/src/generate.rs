@@ -63,50 +63,173 @@ struct Company {
 }
 
 const COMPANIES: [Company; 2] = [
-    Company { name: "hanbit", domain: "hanbit.co.kr", korean: true },
-    Company { name: "northwind", domain: "northwind.example", korean: false },
+    Company {
+        name: "hanbit",
+        domain: "hanbit.co.kr",
+        korean: true,
+    },
+    Company {
+        name: "northwind",
+        domain: "northwind.example",
+        korean: false,
+    },
 ];
 
 const KO_SURNAMES: &[(&str, &str)] = &[
-    ("김", "kim"), ("이", "lee"), ("박", "park"), ("최", "choi"), ("정", "jung"),
-    ("강", "kang"), ("조", "cho"), ("윤", "yoon"), ("장", "jang"), ("임", "lim"),
-    ("한", "han"), ("오", "oh"), ("서", "seo"), ("신", "shin"), ("권", "kwon"),
-    ("황", "hwang"), ("안", "ahn"), ("송", "song"), ("류", "ryu"), ("홍", "hong"),
+    ("김", "kim"),
+    ("이", "lee"),
+    ("박", "park"),
+    ("최", "choi"),
+    ("정", "jung"),
+    ("강", "kang"),
+    ("조", "cho"),
+    ("윤", "yoon"),
+    ("장", "jang"),
+    ("임", "lim"),
+    ("한", "han"),
+    ("오", "oh"),
+    ("서", "seo"),
+    ("신", "shin"),
+    ("권", "kwon"),
+    ("황", "hwang"),
+    ("안", "ahn"),
+    ("송", "song"),
+    ("류", "ryu"),
+    ("홍", "hong"),
 ];
 const KO_SYLLABLES: &[(&str, &str)] = &[
-    ("민", "min"), ("준", "jun"), ("서", "seo"), ("연", "yeon"), ("지", "ji"),
-    ("우", "woo"), ("하", "ha"), ("은", "eun"), ("도", "do"), ("현", "hyun"),
-    ("수", "su"), ("예", "ye"), ("진", "jin"), ("영", "young"), ("호", "ho"),
-    ("윤", "yun"), ("성", "sung"), ("재", "jae"), ("희", "hee"), ("아", "a"),
+    ("민", "min"),
+    ("준", "jun"),
+    ("서", "seo"),
+    ("연", "yeon"),
+    ("지", "ji"),
+    ("우", "woo"),
+    ("하", "ha"),
+    ("은", "eun"),
+    ("도", "do"),
+    ("현", "hyun"),
+    ("수", "su"),
+    ("예", "ye"),
+    ("진", "jin"),
+    ("영", "young"),
+    ("호", "ho"),
+    ("윤", "yun"),
+    ("성", "sung"),
+    ("재", "jae"),
+    ("희", "hee"),
+    ("아", "a"),
 ];
 const EN_FIRST: &[&str] = &[
-    "James", "Mary", "Robert", "Patricia", "John", "Jennifer", "Michael", "Linda",
-    "David", "Elizabeth", "William", "Barbara", "Richard", "Susan", "Joseph", "Jessica",
-    "Thomas", "Sarah", "Charles", "Karen", "Olivia", "Liam", "Emma", "Noah", "Ava",
+    "James",
+    "Mary",
+    "Robert",
+    "Patricia",
+    "John",
+    "Jennifer",
+    "Michael",
+    "Linda",
+    "David",
+    "Elizabeth",
+    "William",
+    "Barbara",
+    "Richard",
+    "Susan",
+    "Joseph",
+    "Jessica",
+    "Thomas",
+    "Sarah",
+    "Charles",
+    "Karen",
+    "Olivia",
+    "Liam",
+    "Emma",
+    "Noah",
+    "Ava",
 ];
 const EN_LAST: &[&str] = &[
-    "Smith", "Johnson", "Williams", "Brown", "Jones", "Garcia", "Miller", "Davis",
-    "Rodriguez", "Martinez", "Hernandez", "Lopez", "Wilson", "Anderson", "Thomas",
-    "Taylor", "Moore", "Jackson", "Martin", "Lee", "Thompson", "White", "Harris",
+    "Smith",
+    "Johnson",
+    "Williams",
+    "Brown",
+    "Jones",
+    "Garcia",
+    "Miller",
+    "Davis",
+    "Rodriguez",
+    "Martinez",
+    "Hernandez",
+    "Lopez",
+    "Wilson",
+    "Anderson",
+    "Thomas",
+    "Taylor",
+    "Moore",
+    "Jackson",
+    "Martin",
+    "Lee",
+    "Thompson",
+    "White",
+    "Harris",
 ];
 const KO_TEAM_WORDS: &[&str] = &[
-    "결제", "플랫폼", "데이터", "보안", "인사", "재무", "영업", "마케팅", "검색", "인프라",
+    "결제",
+    "플랫폼",
+    "데이터",
+    "보안",
+    "인사",
+    "재무",
+    "영업",
+    "마케팅",
+    "검색",
+    "인프라",
 ];
 const EN_TEAM_WORDS: &[&str] = &[
-    "Payments", "Platform", "Data", "Security", "People", "Finance", "Sales",
-    "Marketing", "Search", "Infrastructure",
+    "Payments",
+    "Platform",
+    "Data",
+    "Security",
+    "People",
+    "Finance",
+    "Sales",
+    "Marketing",
+    "Search",
+    "Infrastructure",
 ];
 const TITLES: &[&str] = &[
-    "Software Engineer", "Senior Software Engineer", "Staff Engineer", "Engineering Manager",
-    "Product Manager", "Designer", "Data Analyst", "HR Business Partner", "Accountant",
+    "Software Engineer",
+    "Senior Software Engineer",
+    "Staff Engineer",
+    "Engineering Manager",
+    "Product Manager",
+    "Designer",
+    "Data Analyst",
+    "HR Business Partner",
+    "Accountant",
     "Sales Representative",
 ];
 const SKILLS: &[&str] = &[
-    "rust", "go", "sql", "kafka", "redis", "excel", "negotiation", "figma", "python", "k8s",
+    "rust",
+    "go",
+    "sql",
+    "kafka",
+    "redis",
+    "excel",
+    "negotiation",
+    "figma",
+    "python",
+    "k8s",
 ];
 const KO_CITIES: &[&str] = &["Seoul", "Busan", "Incheon", "Daejeon", "Seongnam"];
 const EN_CITIES: &[&str] = &["Seattle", "Austin", "London", "Dublin", "Toronto"];
-const SYSTEMS: &[&str] = &["github", "jira", "aws", "payroll", "salesforce", "vpn", "grafana"];
+const SYSTEMS: &[&str] = &[
+    "github",
+    "jira",
+    "aws",
+    "payroll",
+    "salesforce",
+    "vpn",
+    "grafana",
+];
 const ROLES: &[&str] = &["read", "write", "admin"];
 
 /// The generator: holds the current state of every employee so updates emit
@@ -144,16 +267,28 @@ impl Generator {
         let mut out = Vec::with_capacity(self.opts.teams + 2 * self.opts.employees);
         for i in 0..self.opts.teams {
             let v = self.team(i);
-            out.push(Event { kind: Kind::Team, key: team_id(i), value: Some(v) });
+            out.push(Event {
+                kind: Kind::Team,
+                key: team_id(i),
+                value: Some(v),
+            });
         }
         for i in 0..self.opts.employees {
             let v = self.employee(i);
             self.employees.push(Some(v.clone()));
-            out.push(Event { kind: Kind::Employee, key: employee_id(i), value: Some(v) });
+            out.push(Event {
+                kind: Kind::Employee,
+                key: employee_id(i),
+                value: Some(v),
+            });
         }
         for i in 0..self.opts.employees {
             let v = self.permissions(i);
-            out.push(Event { kind: Kind::Permission, key: employee_id(i), value: Some(v) });
+            out.push(Event {
+                kind: Kind::Permission,
+                key: employee_id(i),
+                value: Some(v),
+            });
         }
         let churn = self.opts.updates + self.opts.deletes;
         let (mut updates, mut deletes) = (self.opts.updates, self.opts.deletes);
@@ -162,12 +297,24 @@ impl Generator {
                 break;
             }
             let i = self.rng.random_range(0..self.opts.employees);
-            let delete = deletes > 0 && (updates == 0 || self.rng.random_bool(deletes as f64 / (updates + deletes) as f64));
+            let delete = deletes > 0
+                && (updates == 0
+                    || self
+                        .rng
+                        .random_bool(deletes as f64 / (updates + deletes) as f64));
             if delete {
                 deletes -= 1;
                 self.employees[i] = None;
-                out.push(Event { kind: Kind::Employee, key: employee_id(i), value: None });
-                out.push(Event { kind: Kind::Permission, key: employee_id(i), value: None });
+                out.push(Event {
+                    kind: Kind::Employee,
+                    key: employee_id(i),
+                    value: None,
+                });
+                out.push(Event {
+                    kind: Kind::Permission,
+                    key: employee_id(i),
+                    value: None,
+                });
             } else {
                 updates -= 1;
                 // Updating a deleted employee re-creates it (a re-hire).
@@ -179,7 +326,11 @@ impl Generator {
                     None => self.employee(i),
                 };
                 self.employees[i] = Some(v.clone());
-                out.push(Event { kind: Kind::Employee, key: employee_id(i), value: Some(v) });
+                out.push(Event {
+                    kind: Kind::Employee,
+                    key: employee_id(i),
+                    value: Some(v),
+                });
             }
         }
         out.into_iter()
@@ -199,9 +350,17 @@ impl Generator {
             Value::String(team_id(j * 2 + i % 2))
         };
         let name = if c.korean {
-            format!("{}{}팀", KO_TEAM_WORDS.choose(&mut self.rng).unwrap_or(&"개발"), i + 1)
+            format!(
+                "{}{}팀",
+                KO_TEAM_WORDS.choose(&mut self.rng).unwrap_or(&"개발"),
+                i + 1
+            )
         } else {
-            format!("{} {}", EN_TEAM_WORDS.choose(&mut self.rng).unwrap_or(&"Platform"), i + 1)
+            format!(
+                "{} {}",
+                EN_TEAM_WORDS.choose(&mut self.rng).unwrap_or(&"Platform"),
+                i + 1
+            )
         };
         json!({
             "id": team_id(i),
@@ -231,7 +390,11 @@ impl Generator {
         } else {
             let f = *EN_FIRST.choose(&mut self.rng).unwrap_or(&"Alex");
             let l = *EN_LAST.choose(&mut self.rng).unwrap_or(&"Doe");
-            (format!("{f} {l}"), Value::Null, format!("{}.{}", f.to_lowercase(), l.to_lowercase()))
+            (
+                format!("{f} {l}"),
+                Value::Null,
+                format!("{}.{}", f.to_lowercase(), l.to_lowercase()),
+            )
         };
         let teams_of_company = self.opts.teams.div_ceil(2).max(1);
         let team = self.rng.random_range(0..teams_of_company) * 2 + i % 2;
@@ -246,14 +409,22 @@ impl Generator {
                 "KRW",
                 self.rng.random_range(35_000..150_000) * 1000,
                 *KO_CITIES.choose(&mut self.rng).unwrap_or(&"Seoul"),
-                format!("+82-10-{:04}-{:04}", self.rng.random_range(0..10_000), self.rng.random_range(0..10_000)),
+                format!(
+                    "+82-10-{:04}-{:04}",
+                    self.rng.random_range(0..10_000),
+                    self.rng.random_range(0..10_000)
+                ),
             )
         } else {
             (
                 "USD",
                 self.rng.random_range(60..250) * 1000,
                 *EN_CITIES.choose(&mut self.rng).unwrap_or(&"Austin"),
-                format!("+1-555-{:03}-{:04}", self.rng.random_range(0..1000), self.rng.random_range(0..10_000)),
+                format!(
+                    "+1-555-{:03}-{:04}",
+                    self.rng.random_range(0..1000),
+                    self.rng.random_range(0..10_000)
+                ),
             )
         };
         let n_skills = self.rng.random_range(1..4);
@@ -284,7 +455,10 @@ impl Generator {
 
     fn touch(&mut self, v: &mut Value) {
         if let Some(o) = v.as_object_mut() {
-            o.insert("title".into(), json!(*TITLES.choose(&mut self.rng).unwrap_or(&"Engineer")));
+            o.insert(
+                "title".into(),
+                json!(*TITLES.choose(&mut self.rng).unwrap_or(&"Engineer")),
+            );
             let bump = self.rng.random_range(1..10) * 1000;
             if let Some(s) = o.get_mut("salary").and_then(|s| s.get_mut("amount")) {
                 *s = json!(s.as_i64().unwrap_or(0) + bump);
@@ -312,7 +486,13 @@ mod tests {
     use super::*;
 
     fn opts(seed: u64) -> GenOptions {
-        GenOptions { seed, employees: 50, teams: 20, updates: 30, deletes: 10 }
+        GenOptions {
+            seed,
+            employees: 50,
+            teams: 20,
+            updates: 30,
+            deletes: 10,
+        }
     }
 
     #[test]
@@ -329,7 +509,9 @@ mod tests {
         let ev: Vec<Event> = Generator::new(opts(1)).events().collect();
         assert_eq!(ev.iter().filter(|e| e.kind == Kind::Team).count(), 20);
         assert!(ev.iter().filter(|e| e.value.is_none()).count() >= 10);
-        let korean = ev.iter().filter_map(|e| e.value.as_ref()?.get("name")?.as_str().map(String::from))
+        let korean = ev
+            .iter()
+            .filter_map(|e| e.value.as_ref()?.get("name")?.as_str().map(String::from))
             .any(|n| n.chars().any(|c| ('가'..='힣').contains(&c)));
         assert!(korean, "some names are Korean");
     }

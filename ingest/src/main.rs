@@ -62,11 +62,25 @@ async fn main() -> anyhow::Result<()> {
     foldcache_common::telemetry::init(&config.log);
     match cli.command.unwrap_or(Command::Run) {
         Command::Run => run(config).await,
-        Command::CreateTopics { partitions, replication_factor } => {
-            topics::create_topics(&config, partitions, replication_factor).await
-        }
-        Command::Generate { seed, employees, teams, updates, deletes, rate } => {
-            let opts = GenOptions { seed, employees, teams, updates, deletes };
+        Command::CreateTopics {
+            partitions,
+            replication_factor,
+        } => topics::create_topics(&config, partitions, replication_factor).await,
+        Command::Generate {
+            seed,
+            employees,
+            teams,
+            updates,
+            deletes,
+            rate,
+        } => {
+            let opts = GenOptions {
+                seed,
+                employees,
+                teams,
+                updates,
+                deletes,
+            };
             let sent = tokio::task::spawn_blocking(move || {
                 produce::produce(&config, Generator::new(opts).events(), rate)
             })

@@ -28,7 +28,7 @@ impl ProducerContext for Deliveries {
 }
 
 /// The topic that feeds `kind`'s entity: the first configured source for it.
-pub fn topic_for<'c>(config: &'c Config, kind: Kind) -> anyhow::Result<&'c str> {
+pub fn topic_for(config: &Config, kind: Kind) -> anyhow::Result<&str> {
     config
         .sources
         .iter()
@@ -87,7 +87,9 @@ pub fn produce(
             }
         }
     }
-    producer.flush(Duration::from_secs(120)).context("flushing the producer")?;
+    producer
+        .flush(Duration::from_secs(120))
+        .context("flushing the producer")?;
     let failed = producer.context().failed.load(Ordering::Relaxed);
     anyhow::ensure!(failed == 0, "{failed} of {sent} events were not delivered");
     Ok(sent)

@@ -10,7 +10,11 @@ use rdkafka::types::RDKafkaErrorCode;
 /// Creates every configured source topic with `cleanup.policy=compact`, and
 /// the dead-letter topic with `cleanup.policy=delete`. Topics that exist are
 /// left as they are.
-pub async fn create_topics(config: &Config, partitions: i32, replication: i32) -> anyhow::Result<()> {
+pub async fn create_topics(
+    config: &Config,
+    partitions: i32,
+    replication: i32,
+) -> anyhow::Result<()> {
     let admin: AdminClient<DefaultClientContext> = kafka_client_config(config)
         .create()
         .context("creating the Kafka admin client")?;

@@ -12,10 +12,10 @@ pub fn cache_control(c: &CacheControlConfig) -> HeaderValue {
         Visibility::Public => parts.push("public".into()),
     }
     parts.push(format!("max-age={}", c.max_age_secs));
-    if c.visibility == Visibility::Public {
-        if let Some(s) = c.s_maxage_secs {
-            parts.push(format!("s-maxage={s}"));
-        }
+    if c.visibility == Visibility::Public
+        && let Some(s) = c.s_maxage_secs
+    {
+        parts.push(format!("s-maxage={s}"));
     }
     if let Some(s) = c.stale_while_revalidate_secs {
         parts.push(format!("stale-while-revalidate={s}"));

@@ -28,27 +28,27 @@ pub enum Outcome {
 pub fn evaluate(headers: &HeaderMap, etag: &ETag, last_modified: SystemTime) -> Outcome {
     // Step 1 and 2: If-Match, else If-Unmodified-Since.
     if headers.contains_key(IF_MATCH) {
-        if let Some(im) = typed::<IfMatch>(headers) {
-            if !im.precondition_passes(etag) {
-                return Outcome::PreconditionFailed;
-            }
-        }
-    } else if let Some(ius) = typed::<IfUnmodifiedSince>(headers) {
-        if !ius.precondition_passes(last_modified) {
+        if let Some(im) = typed::<IfMatch>(headers)
+            && !im.precondition_passes(etag)
+        {
             return Outcome::PreconditionFailed;
         }
+    } else if let Some(ius) = typed::<IfUnmodifiedSince>(headers)
+        && !ius.precondition_passes(last_modified)
+    {
+        return Outcome::PreconditionFailed;
     }
     // Step 3 and 4: If-None-Match, else If-Modified-Since.
     if headers.contains_key(IF_NONE_MATCH) {
-        if let Some(inm) = typed::<IfNoneMatch>(headers) {
-            if !inm.precondition_passes(etag) {
-                return Outcome::NotModified;
-            }
-        }
-    } else if let Some(ims) = typed::<IfModifiedSince>(headers) {
-        if !ims.is_modified(last_modified) {
+        if let Some(inm) = typed::<IfNoneMatch>(headers)
+            && !inm.precondition_passes(etag)
+        {
             return Outcome::NotModified;
         }
+    } else if let Some(ims) = typed::<IfModifiedSince>(headers)
+        && !ims.is_modified(last_modified)
+    {
+        return Outcome::NotModified;
     }
     Outcome::Proceed
 }

@@ -57,13 +57,29 @@ struct Problem<'a> {
 impl ApiError {
     fn parts(&self) -> (StatusCode, &'static str, &'static str) {
         match self {
-            ApiError::UnknownEntity(_) => (StatusCode::BAD_REQUEST, "unknown-entity", "Unknown entity type"),
+            ApiError::UnknownEntity(_) => (
+                StatusCode::BAD_REQUEST,
+                "unknown-entity",
+                "Unknown entity type",
+            ),
             ApiError::InvalidId(_) => (StatusCode::BAD_REQUEST, "invalid-id", "Invalid id"),
             ApiError::BadRequest(_) => (StatusCode::BAD_REQUEST, "bad-request", "Bad request"),
             ApiError::NotFound { .. } => (StatusCode::NOT_FOUND, "not-found", "Not found"),
-            ApiError::PreconditionFailed => (StatusCode::PRECONDITION_FAILED, "precondition-failed", "Precondition failed"),
-            ApiError::NotReady { .. } => (StatusCode::SERVICE_UNAVAILABLE, "cache-not-ready", "Cache not ready"),
-            ApiError::Unavailable { .. } => (StatusCode::SERVICE_UNAVAILABLE, "backend-unavailable", "Backend unavailable"),
+            ApiError::PreconditionFailed => (
+                StatusCode::PRECONDITION_FAILED,
+                "precondition-failed",
+                "Precondition failed",
+            ),
+            ApiError::NotReady { .. } => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "cache-not-ready",
+                "Cache not ready",
+            ),
+            ApiError::Unavailable { .. } => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "backend-unavailable",
+                "Backend unavailable",
+            ),
             ApiError::NoRoute => (StatusCode::NOT_FOUND, "no-route", "No such resource"),
         }
     }
@@ -74,8 +90,12 @@ impl ApiError {
             ApiError::InvalidId(why) => format!("the id {why}"),
             ApiError::BadRequest(why) => why.clone(),
             ApiError::NotFound { .. } => "no entity with this id".into(),
-            ApiError::PreconditionFailed => "the entity does not match the request's preconditions".into(),
-            ApiError::NotReady { .. } => "the cache is warming up or rebuilding; retry later".into(),
+            ApiError::PreconditionFailed => {
+                "the entity does not match the request's preconditions".into()
+            }
+            ApiError::NotReady { .. } => {
+                "the cache is warming up or rebuilding; retry later".into()
+            }
             ApiError::Unavailable { .. } => "the cache backend is unreachable; retry later".into(),
             ApiError::NoRoute => "see /openapi.json for the API".into(),
         }
@@ -94,7 +114,10 @@ impl IntoResponse for ApiError {
         };
         let mut res = (status, Json(body)).into_response();
         let h = res.headers_mut();
-        h.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/problem+json"));
+        h.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/problem+json"),
+        );
         let cache = match &self {
             ApiError::NotFound { max_age } => format!("public, max-age={max_age}"),
             _ => "no-store".to_owned(),

@@ -99,7 +99,11 @@ async fn track_metrics(req: Request, next: Next) -> Response {
             "/readyz" => "/readyz",
             _ => "other",
         });
-    let method = if req.method() == http::Method::HEAD { "HEAD" } else { "GET" };
+    let method = if req.method() == http::Method::HEAD {
+        "HEAD"
+    } else {
+        "GET"
+    };
     let res = next.run(req).await;
     let status = res.status().as_u16().to_string();
     metrics::counter!("foldcache_http_requests_total", "route" => route, "method" => method, "status" => status).increment(1);
@@ -127,10 +131,16 @@ pub async fn serve(
             }
         }
     };
-    let poller = tokio::spawn(store.clone().poll_state(Duration::from_millis(config.http.state_poll_ms)));
+    let poller = tokio::spawn(
+        store
+            .clone()
+            .poll_state(Duration::from_millis(config.http.state_poll_ms)),
+    );
     let app = router(AppState::new(store, config));
     tracing::info!(addr = %listener.local_addr()?, "query-api listening");
-    let result = axum::serve(listener, app).with_graceful_shutdown(shutdown).await;
+    let result = axum::serve(listener, app)
+        .with_graceful_shutdown(shutdown)
+        .await;
     poller.abort();
     Ok(result?)
 }

@@ -20,7 +20,8 @@ pub async fn get_entity(
     req_headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     let Path((entity, id)) = path.map_err(|e| ApiError::BadRequest(path_problem(&e)))?;
-    let name = EntityName::parse(&entity).map_err(|_| ApiError::UnknownEntity(truncate(&entity)))?;
+    let name =
+        EntityName::parse(&entity).map_err(|_| ApiError::UnknownEntity(truncate(&entity)))?;
     let policy = app
         .entities
         .get(name.as_str())
@@ -28,16 +29,28 @@ pub async fn get_entity(
     let id = EntityId::parse(&id).map_err(|e| ApiError::InvalidId(e.to_string()))?;
     let lookup = app.store.get(&name, &id).await.map_err(|e| {
         tracing::error!(error = %e, entity = %name, "Redis lookup failed");
-        ApiError::Unavailable { retry_after: app.retry_after }
+        ApiError::Unavailable {
+            retry_after: app.retry_after,
+        }
     })?;
     let entity = match lookup {
         Lookup::Found(e) => e,
-        Lookup::NotFound => return Err(ApiError::NotFound { max_age: policy.not_found_max_age }),
-        Lookup::NotReady => return Err(ApiError::NotReady { retry_after: app.retry_after }),
+        Lookup::NotFound => {
+            return Err(ApiError::NotFound {
+                max_age: policy.not_found_max_age,
+            });
+        }
+        Lookup::NotReady => {
+            return Err(ApiError::NotReady {
+                retry_after: app.retry_after,
+            });
+        }
     };
     let etag: ETag = format!("\"{}\"", entity.etag)
         .parse()
-        .map_err(|_| ApiError::Unavailable { retry_after: app.retry_after })?;
+        .map_err(|_| ApiError::Unavailable {
+            retry_after: app.retry_after,
+        })?;
     let modified = UNIX_EPOCH + Duration::from_millis(entity.modified_ms.max(0) as u64);
     let mut headers = HeaderMap::new();
     headers.typed_insert(etag.clone());
@@ -47,7 +60,10 @@ pub async fn get_entity(
         Outcome::NotModified => Ok((StatusCode::NOT_MODIFIED, headers).into_response()),
         Outcome::PreconditionFailed => Err(ApiError::PreconditionFailed),
         Outcome::Proceed => {
-            headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+            headers.insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/json"),
+            );
             Ok((StatusCode::OK, headers, entity.body).into_response())
         }
     }
@@ -64,7 +80,10 @@ pub async fn readyz(State(app): State<AppState>) -> Response {
     if view.ready && app.store.ping().await {
         (StatusCode::OK, "ready").into_response()
     } else {
-        ApiError::NotReady { retry_after: app.retry_after }.into_response()
+        ApiError::NotReady {
+            retry_after: app.retry_after,
+        }
+        .into_response()
     }
 }
 
@@ -84,5 +103,7 @@ fn truncate(s: &str) -> String {
 
 /// Seconds since the epoch, for tests.
 pub fn unix_secs(t: SystemTime) -> u64 {
-    t.duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+    t.duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
 }

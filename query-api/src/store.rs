@@ -57,7 +57,9 @@ pub struct Store {
 
 impl std::fmt::Debug for Store {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Store").field("keys", &self.keys).finish_non_exhaustive()
+        f.debug_struct("Store")
+            .field("keys", &self.keys)
+            .finish_non_exhaustive()
     }
 }
 
@@ -66,20 +68,26 @@ impl Store {
     pub async fn connect(client: redis::Client, keys: KeySpace) -> redis::RedisResult<Self> {
         let con = ConnectionManager::new(client).await?;
         let (view_tx, view) = watch::channel(CacheView::default());
-        let store = Self { keys, con, view, view_tx };
+        let store = Self {
+            keys,
+            con,
+            view,
+            view_tx,
+        };
         store.refresh().await?;
         Ok(store)
     }
 
     /// Re-reads the cache marker.
     pub async fn refresh(&self) -> redis::RedisResult<CacheView> {
-        let (epoch, gen_, ready): (Option<String>, Option<u64>, Option<String>) = redis::cmd("HMGET")
-            .arg(self.keys.state())
-            .arg(state_field::EPOCH)
-            .arg(state_field::LIVE_GEN)
-            .arg(state_field::READY)
-            .query_async(&mut self.con.clone())
-            .await?;
+        let (epoch, gen_, ready): (Option<String>, Option<u64>, Option<String>) =
+            redis::cmd("HMGET")
+                .arg(self.keys.state())
+                .arg(state_field::EPOCH)
+                .arg(state_field::LIVE_GEN)
+                .arg(state_field::READY)
+                .query_async(&mut self.con.clone())
+                .await?;
         let view = CacheView {
             present: epoch.is_some(),
             live_gen: gen_.unwrap_or(0),
@@ -88,7 +96,12 @@ impl Store {
         self.view_tx.send_if_modified(|v| {
             let changed = *v != view;
             if changed {
-                tracing::info!(present = view.present, generation = view.live_gen, ready = view.ready, "cache state changed");
+                tracing::info!(
+                    present = view.present,
+                    generation = view.live_gen,
+                    ready = view.ready,
+                    "cache state changed"
+                );
                 *v = view.clone();
             }
             changed
@@ -121,7 +134,10 @@ impl Store {
 
     /// Whether Redis answers.
     pub async fn ping(&self) -> bool {
-        redis::cmd("PING").query_async::<String>(&mut self.con.clone()).await.is_ok()
+        redis::cmd("PING")
+            .query_async::<String>(&mut self.con.clone())
+            .await
+            .is_ok()
     }
 
     /// Looks up one entity.
