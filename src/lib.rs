@@ -470,12 +470,18 @@ entity = "permissions"
 
     /// Starts an `ingest` process on this stack.
     pub fn spawn_ingest(&self) -> Result<Process> {
+        self.spawn_ingest_with(&[])
+    }
+
+    /// Starts an `ingest` process with extra environment (config overrides
+    /// such as `FOLDCACHE__INGEST__BATCH_MAX_EVENTS`).
+    pub fn spawn_ingest_with(&self, env: &[(&str, &str)]) -> Result<Process> {
         let config = self.config_path();
         Process::spawn(
             "ingest",
             &foldcache_binary("ingest")?,
             &["--config", &config.to_string_lossy(), "run"],
-            &[],
+            env,
         )
     }
 

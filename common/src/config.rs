@@ -89,6 +89,24 @@ pub struct IngestConfig {
     pub admin_listen: SocketAddr,
     /// How often ingest refreshes its heartbeat in Redis.
     pub heartbeat_interval_ms: u64,
+    /// Where a newly assigned partition starts reading.
+    pub resume: ResumeMode,
+}
+
+/// Where a newly assigned partition starts reading. Either way, records
+/// below the offset stored in Redis are skipped, so the result is the same;
+/// only the work differs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ResumeMode {
+    /// Read the partition from its beginning and skip, inside ingest, what
+    /// Redis already holds. Correct on every broker, including Tansu 0.6.0,
+    /// whose Fetch returns only batches that *start* at or after the
+    /// requested offset (so a fetch from inside a batch silently skips the
+    /// rest of it). Costs one read of the partition per assignment.
+    Replay,
+    /// Fetch from the stored offset. Use with Apache Kafka and Redpanda.
+    Seek,
 }
 
 /// query-api's listeners.
@@ -232,6 +250,7 @@ impl Default for Config {
                 max_value_bytes: 1 << 20,
                 admin_listen: ([127, 0, 0, 1], 9600).into(),
                 heartbeat_interval_ms: 1000,
+                resume: ResumeMode::Replay,
             },
             http: HttpConfig {
                 listen: ([127, 0, 0, 1], 8080).into(),

@@ -16,7 +16,7 @@ use crate::decode::{Decoded, decode};
 use crate::fold::{FoldError, Folder, PartitionBatch};
 use crate::source::Sources;
 use anyhow::Context as _;
-use foldcache_common::config::Config;
+use foldcache_common::config::{Config, ResumeMode};
 use foldcache_common::keys::KeySpace;
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, Rebalance, StreamConsumer};
@@ -54,6 +54,8 @@ pub struct IngestContext {
     /// Assigned partitions and the next offset folded into Redis for each.
     positions: Mutex<HashMap<Tp, i64>>,
     fetch: Mutex<HashMap<Tp, FetchView>>,
+    /// Where assigned partitions start reading.
+    resume: ResumeMode,
     /// Set when an assignment could not read its offsets from Redis: the loop
     /// stops rather than consume from a guessed position.
     assign_failed: AtomicBool,
@@ -138,9 +140,9 @@ impl IngestContext {
             let stored =
                 self.state
                     .stored_offset(&mut con, self.generation, e.topic(), e.partition())?;
-            let offset = match stored {
-                Some(o) => Offset::Offset(o),
-                None => Offset::Beginning,
+            let offset = match (self.resume, stored) {
+                (ResumeMode::Seek, Some(o)) => Offset::Offset(o),
+                _ => Offset::Beginning,
             };
             out.add_partition_offset(e.topic(), e.partition(), offset)?;
             starts.push(((e.topic().to_owned(), e.partition()), stored.unwrap_or(0)));
@@ -267,6 +269,7 @@ impl Ingest {
             state: self.state.clone(),
             redis: self.redis.clone(),
             generation: state.live_gen,
+            resume: self.config.ingest.resume,
             positions: Mutex::new(HashMap::new()),
             fetch: Mutex::new(HashMap::new()),
             assign_failed: AtomicBool::new(false),
@@ -335,7 +338,7 @@ impl Ingest {
                 }
                 msg = consumer.recv(), if batch.records < ingest_cfg.batch_max_events => {
                     match msg {
-                        Ok(m) => self.add(&mut batch, state, &m),
+                        Ok(m) => self.add(consumer.context(), &mut batch, state, &m),
                         Err(e) => log_kafka_error(&e),
                     }
                     if batch.records >= ingest_cfg.batch_max_events
@@ -426,12 +429,24 @@ impl Ingest {
         .await?
     }
 
-    fn add(&self, batch: &mut Batch, state: &CacheState, m: &BorrowedMessage<'_>) {
+    fn add(
+        &self,
+        ctx: &IngestContext,
+        batch: &mut Batch,
+        state: &CacheState,
+        m: &BorrowedMessage<'_>,
+    ) {
         let topic = m.topic();
         let Some(source) = self.sources.get(topic) else {
             return;
         };
         let (partition, offset) = (m.partition(), m.offset());
+        let folded = lock(&ctx.positions).get(&(topic.to_owned(), partition)).copied();
+        if folded.is_some_and(|next| offset < next) {
+            // Already in Redis (a replay after assignment): not even sent.
+            metrics::counter!("foldcache_ingest_replay_skipped_total").increment(1);
+            return;
+        }
         batch.started.get_or_insert_with(Instant::now);
         batch.records += 1;
         let pb = batch
