@@ -47,11 +47,12 @@ async fn tansu_fetch_from_inside_a_batch_skips_the_rest_of_it() -> anyhow::Resul
 
     assert_eq!(read_from(&stack, &topic, 0).await?.len(), 101);
     let from_inside = read_from(&stack, &topic, 50).await?;
-    assert_eq!(
-        from_inside,
-        vec![100],
+    // Records 50..99 never come (and 0.6.0 even repeats offset 100).
+    assert!(
+        !from_inside.iter().any(|o| (50..100).contains(o)),
         "Tansu changed: a fetch from inside a batch now returns {from_inside:?}; \
          reconsider ingest.resume's default"
     );
+    assert!(from_inside.iter().all(|o| *o == 100), "{from_inside:?}");
     Ok(())
 }
