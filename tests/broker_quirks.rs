@@ -43,7 +43,9 @@ async fn tansu_fetch_from_inside_a_batch_skips_the_rest_of_it() -> anyhow::Resul
         d.await?.map_err(|(e, _)| e)?;
     }
     // ...then one more batch of one record.
-    stack.produce(&producer, &topic, Some(b"k"), Some(b"{}")).await?;
+    stack
+        .produce(&producer, &topic, Some(b"k"), Some(b"{}"))
+        .await?;
 
     assert_eq!(read_from(&stack, &topic, 0).await?.len(), 101);
     let from_inside = read_from(&stack, &topic, 50).await?;

@@ -90,7 +90,11 @@ fn reference_fold(log: &[Rec], topics: &[(&str, &str)]) -> Reference {
     let entity_of: HashMap<&str, &str> = topics.iter().copied().collect();
     let mut reference = Reference::new();
     for r in log {
-        let Some(id) = r.key.as_ref().and_then(|k| String::from_utf8(k.clone()).ok()) else {
+        let Some(id) = r
+            .key
+            .as_ref()
+            .and_then(|k| String::from_utf8(k.clone()).ok())
+        else {
             continue;
         };
         if !(id.starts_with('K') && id[1..].bytes().all(|b| b.is_ascii_digit())) {
@@ -113,7 +117,10 @@ fn reference_fold(log: &[Rec], topics: &[(&str, &str)]) -> Reference {
 
 /// Produces `log` in order (enqueued one by one, so per-key order is the
 /// log's); returns the highest offset + 1 per (topic, partition).
-async fn produce_all(producer: &FutureProducer, log: &[Rec]) -> Result<HashMap<(String, i32), i64>> {
+async fn produce_all(
+    producer: &FutureProducer,
+    log: &[Rec],
+) -> Result<HashMap<(String, i32), i64>> {
     let mut deliveries = Vec::with_capacity(log.len());
     for r in log {
         let mut rec: FutureRecord<'_, [u8], [u8]> = FutureRecord::to(&r.topic);
@@ -127,12 +134,15 @@ async fn produce_all(producer: &FutureProducer, log: &[Rec]) -> Result<HashMap<(
         deliveries.push((r.topic.clone(), delivery));
     }
     let mut ends: HashMap<(String, i32), i64> = HashMap::new();
-    let mut last_of_key: HashMap<(String, Option<Vec<u8>>), (i32, i64)> = HashMap::new();
+    type TopicKey = (String, Option<Vec<u8>>);
+    let mut last_of_key: HashMap<TopicKey, (i32, i64)> = HashMap::new();
     for ((topic, d), r) in deliveries.into_iter().zip(log) {
         let d = d.await?.map_err(|(e, _)| e)?;
         // The test's premise: the broker keeps each key's records in
         // production order.
-        if let Some(prev) = last_of_key.insert((topic.clone(), r.key.clone()), (d.partition, d.offset)) {
+        if let Some(prev) =
+            last_of_key.insert((topic.clone(), r.key.clone()), (d.partition, d.offset))
+        {
             ensure!(
                 prev.0 != d.partition || prev.1 < d.offset,
                 "broker reordered a key: {prev:?} then {:?}",
@@ -146,7 +156,10 @@ async fn produce_all(producer: &FutureProducer, log: &[Rec]) -> Result<HashMap<(
 }
 
 /// Waits until Redis' stored offsets reach `ends` for every partition.
-async fn wait_folded(con: &redis::aio::MultiplexedConnection, ends: &HashMap<(String, i32), i64>) -> Result<()> {
+async fn wait_folded(
+    con: &redis::aio::MultiplexedConnection,
+    ends: &HashMap<(String, i32), i64>,
+) -> Result<()> {
     let r = eventually("ingest to fold every produced record", WAIT, || {
         let mut con = con.clone();
         async move {
@@ -166,7 +179,10 @@ async fn wait_folded(con: &redis::aio::MultiplexedConnection, ends: &HashMap<(St
 }
 
 /// Every difference between Redis and the reference fold.
-async fn differences(con: &mut redis::aio::MultiplexedConnection, reference: &Reference) -> Result<Vec<String>> {
+async fn differences(
+    con: &mut redis::aio::MultiplexedConnection,
+    reference: &Reference,
+) -> Result<Vec<String>> {
     let mut diffs = Vec::new();
     for ((entity, id), want) in reference {
         let key = format!("fc:g1:{entity}:{id}");
@@ -180,31 +196,51 @@ async fn differences(con: &mut redis::aio::MultiplexedConnection, reference: &Re
                 .map(|(k, v)| (k.as_str(), v.as_str()))
                 .collect();
             let body = assemble_body(&mut data);
-            let etag = fields.iter().find(|(k, _)| k == "_fc:etag").map(|(_, v)| v.clone());
-            let expected_etag = want.clone().and_then(|w| EntityState::from_value(w).ok()).map(|s| foldcache_common::state::etag_of(&s.body()));
+            let etag = fields
+                .iter()
+                .find(|(k, _)| k == "_fc:etag")
+                .map(|(_, v)| v.clone());
+            let expected_etag = want
+                .clone()
+                .and_then(|w| EntityState::from_value(w).ok())
+                .map(|s| foldcache_common::state::etag_of(&s.body()));
             if want.is_some() && etag != expected_etag {
                 diffs.push(format!("{key}: stored etag {etag:?} != {expected_etag:?}"));
             }
             Some(serde_json::from_slice::<Value>(&body)?)
         };
         if &got != want {
-            let src = fields.iter().find(|(k, _)| k == "_fc:src").map(|(_, v)| v.as_str());
-            diffs.push(format!("{key}: redis (from {src:?}) {got:?} != log {want:?}"));
+            let src = fields
+                .iter()
+                .find(|(k, _)| k == "_fc:src")
+                .map(|(_, v)| v.as_str());
+            diffs.push(format!(
+                "{key}: redis (from {src:?}) {got:?} != log {want:?}"
+            ));
         }
     }
     // No key that the log does not have.
     for entity in ["employees", "teams"] {
         let keys: Vec<String> = con.keys(format!("fc:g1:{entity}:*")).await?;
-        let live = reference.iter().filter(|((e, _), v)| e == entity && v.is_some()).count();
+        let live = reference
+            .iter()
+            .filter(|((e, _), v)| e == entity && v.is_some())
+            .count();
         if keys.len() != live {
-            diffs.push(format!("{entity}: {} keys in Redis, {live} live in the log", keys.len()));
+            diffs.push(format!(
+                "{entity}: {} keys in Redis, {live} live in the log",
+                keys.len()
+            ));
         }
     }
     Ok(diffs)
 }
 
 fn topics(stack: &Stack) -> [(String, &'static str); 2] {
-    [(stack.topics.employees.clone(), "employees"), (stack.topics.teams.clone(), "teams")]
+    [
+        (stack.topics.employees.clone(), "employees"),
+        (stack.topics.teams.clone(), "teams"),
+    ]
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -248,9 +284,20 @@ async fn random_log_folds_exactly_even_through_sigkill() -> Result<()> {
     }
     wait_folded(&con, &all_ends).await?;
     let diffs = differences(&mut con, &reference).await?;
-    ensure!(diffs.is_empty(), "{} differences, first: {:#?}", diffs.len(), &diffs[..diffs.len().min(5)]);
-    assert!(reference.values().any(Option::is_none), "the log deletes keys");
-    assert!(ingest.terminate(Duration::from_secs(10)), "SIGTERM drains and exits 0");
+    ensure!(
+        diffs.is_empty(),
+        "{} differences, first: {:#?}",
+        diffs.len(),
+        &diffs[..diffs.len().min(5)]
+    );
+    assert!(
+        reference.values().any(Option::is_none),
+        "the log deletes keys"
+    );
+    assert!(
+        ingest.terminate(Duration::from_secs(10)),
+        "SIGTERM drains and exits 0"
+    );
     Ok(())
 }
 
@@ -271,13 +318,26 @@ async fn two_instances_in_one_group_fold_exactly_and_after_one_stops() -> Result
     wait_folded(&con, &ends).await?;
     let ref_first = reference_fold(first, &tt);
     let diffs = differences(&mut con, &ref_first).await?;
-    ensure!(diffs.is_empty(), "two instances: {} differences: {:#?}", diffs.len(), &diffs[..diffs.len().min(5)]);
+    ensure!(
+        diffs.is_empty(),
+        "two instances: {} differences: {:#?}",
+        diffs.len(),
+        &diffs[..diffs.len().min(5)]
+    );
 
     // Stop one instance: the other takes over its partitions.
-    assert!(a.terminate(Duration::from_secs(15)), "SIGTERM drains and exits 0");
+    assert!(
+        a.terminate(Duration::from_secs(15)),
+        "SIGTERM drains and exits 0"
+    );
     let ends = produce_all(&producer, rest).await?;
     wait_folded(&con, &ends).await?;
     let diffs = differences(&mut con, &reference).await?;
-    ensure!(diffs.is_empty(), "after one stopped: {} differences: {:#?}", diffs.len(), &diffs[..diffs.len().min(5)]);
+    ensure!(
+        diffs.is_empty(),
+        "after one stopped: {} differences: {:#?}",
+        diffs.len(),
+        &diffs[..diffs.len().min(5)]
+    );
     Ok(())
 }

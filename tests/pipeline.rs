@@ -220,7 +220,7 @@ async fn not_ready_is_503_with_retry_after_never_404() -> Result<()> {
     // Once ingest has caught up, the same URL is a true 404.
     let _ingest = stack.spawn_ingest()?;
     stack.wait_ready(WAIT).await?;
-    assert_eq!(get(&url, None).await?.status(), StatusCode::NOT_FOUND);
+    wait_status(&url, StatusCode::NOT_FOUND).await?;
     Ok(())
 }
 
@@ -262,4 +262,61 @@ async fn redis_flush_replays_from_offset_zero() -> Result<()> {
         assert_eq!(r.json::<Value>().await?["n"], json!(i));
     }
     Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn live_entities_outlive_their_ttl_and_a_stopped_ingest_turns_reads_into_503() -> Result<()> {
+    let stack = Stack::start(1, "[entities.teams]\nttl_secs = 4\nfreshness_secs = 2\n").await?;
+    let mut ingest = stack.spawn_ingest()?;
+    let _api = stack.spawn_query_api()?;
+    let producer = stack.producer()?;
+    stack.wait_ready(WAIT).await?;
+    stack
+        .produce(
+            &producer,
+            &stack.topics.teams,
+            Some(b"T1"),
+            Some(br#"{"name":"Data"}"#),
+        )
+        .await?;
+    let url = format!("{}/v1/teams/T1", stack.base_url());
+    wait_status(&url, StatusCode::OK).await?;
+
+    // Twice the TTL later, never updated, still there: ingest refreshes TTLs
+    // while the pipeline runs.
+    let end = std::time::Instant::now() + Duration::from_secs(8);
+    while std::time::Instant::now() < end {
+        assert_eq!(get(&url, None).await?.status(), StatusCode::OK);
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    let mut con = stack.redis.connection().await?;
+    let ttl: i64 = con.pttl("fc:g1:teams:T1").await?;
+    assert!(ttl > 0 && ttl <= 4000, "pttl = {ttl}");
+
+    // Ingest dies: past the freshness bound the answer is 503, never a stale
+    // 200 for long and never a 404.
+    ingest.kill();
+    let killed = std::time::Instant::now();
+    loop {
+        let r = get(&url, None).await?;
+        match r.status() {
+            StatusCode::OK => assert!(
+                killed.elapsed() < Duration::from_secs(6),
+                "stale answers past the bound"
+            ),
+            StatusCode::SERVICE_UNAVAILABLE => break,
+            other => panic!("unexpected {other} after ingest stopped"),
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(r_retry_after(&get(&url, None).await?));
+
+    // Ingest back: fresh again.
+    let _ingest = stack.spawn_ingest()?;
+    wait_status(&url, StatusCode::OK).await?;
+    Ok(())
+}
+
+fn r_retry_after(r: &reqwest::Response) -> bool {
+    r.status() == StatusCode::SERVICE_UNAVAILABLE && r.headers().contains_key("retry-after")
 }

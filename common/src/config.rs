@@ -177,8 +177,16 @@ pub enum ValueFormat {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct EntityConfig {
-    /// TTL of each entity hash, set with every write.
+    /// TTL of each entity hash, set with every write and refreshed by ingest
+    /// every `ttl_secs / 4` while it runs, so live entities never expire
+    /// while the pipeline is healthy. Must be at least twice
+    /// `freshness_secs`.
     pub ttl_secs: u64,
+    /// Freshness bound: when the pipeline has not confirmed for this long
+    /// that every produced record is folded (ingest down or stuck),
+    /// query-api answers 503 instead of an answer older than the bound.
+    /// `0` disables the bound.
+    pub freshness_secs: u64,
     /// `Cache-Control` of a 200/304 for this entity.
     pub cache_control: CacheControlConfig,
     /// `max-age` (and `s-maxage`) of a 404 for this entity.
@@ -216,8 +224,9 @@ pub enum Visibility {
 
 impl Default for Config {
     fn default() -> Self {
-        let entity = |max_age, swr, sie| EntityConfig {
+        let entity = |max_age, swr, sie, freshness| EntityConfig {
             ttl_secs: 7 * 24 * 3600,
+            freshness_secs: freshness,
             cache_control: CacheControlConfig {
                 visibility: Visibility::Public,
                 max_age_secs: max_age,
@@ -268,9 +277,9 @@ impl Default for Config {
                 source("hr.permissions", "permissions"),
             ],
             entities: BTreeMap::from([
-                ("employees".into(), entity(60, 30, 86400)),
-                ("teams".into(), entity(300, 60, 86400)),
-                ("permissions".into(), entity(30, 15, 86400)),
+                ("employees".into(), entity(60, 30, 86400, 3600)),
+                ("teams".into(), entity(300, 60, 86400, 3600)),
+                ("permissions".into(), entity(30, 15, 86400, 600)),
             ]),
         }
     }
@@ -301,9 +310,19 @@ impl Config {
     /// Checks what serde cannot: names, references between sections, limits.
     pub fn validate(&self) -> Result<(), ConfigError> {
         let bad = |what: String| Err(ConfigError::Invalid(what));
-        for name in self.entities.keys() {
-            if let Err(e) = EntityName::parse(name) {
-                return bad(format!("entity name {name:?}: {e}"));
+        for (name, e) in &self.entities {
+            if let Err(err) = EntityName::parse(name) {
+                return bad(format!("entity name {name:?}: {err}"));
+            }
+            if e.ttl_secs == 0 {
+                return bad(format!("entities.{name}.ttl_secs must be positive"));
+            }
+            if e.freshness_secs > 0 && e.ttl_secs < 2 * e.freshness_secs {
+                return bad(format!(
+                    "entities.{name}.ttl_secs ({}) must be at least twice freshness_secs ({}), \
+                     or an entity could expire (a false 404) before the bound makes it a 503",
+                    e.ttl_secs, e.freshness_secs
+                ));
             }
         }
         let mut topics = BTreeSet::new();

@@ -1,7 +1,9 @@
 //! The Redis key scheme. Every key foldcache touches is built here.
 //!
 //! ```text
-//! {prefix}:state                      hash  cache marker and live generation (see StateField)
+//! {prefix}:state                      hash  cache marker and live generation (see state_field)
+//! {prefix}:instances                  hash  ingest instance -> liveness and freshness
+//! {prefix}:ttl_refresh_lock           string  elects the instance that refreshes TTLs
 //! {prefix}:g{gen}:offsets             hash  "{topic}/{partition}" -> next offset to fold
 //! {prefix}:g{gen}:caught_up           hash  "{topic}/{partition}" -> offset at which the
 //!                                           partition was first seen at its end
@@ -62,6 +64,17 @@ impl KeySpace {
         format!("{}:state", self.prefix)
     }
 
+    /// Live ingest instances: `{instance}` -> `{alive_ms}:{fresh_ms}:{interval_ms}`
+    /// (see [`InstanceBeat`]).
+    pub fn instances(&self) -> String {
+        format!("{}:instances", self.prefix)
+    }
+
+    /// Lock that elects one ingest instance to refresh TTLs.
+    pub fn ttl_refresh_lock(&self) -> String {
+        format!("{}:ttl_refresh_lock", self.prefix)
+    }
+
     /// Next offset to fold per `{topic}/{partition}`, for one generation.
     pub fn offsets(&self, generation: u64) -> String {
         format!("{}:g{generation}:offsets", self.prefix)
@@ -84,6 +97,59 @@ impl KeySpace {
     }
 }
 
+/// One ingest instance's heartbeat: alive at `alive_ms`; every record
+/// produced before `fresh_ms` is folded (`None`: not known yet); beats every
+/// `interval_ms`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct InstanceBeat {
+    /// Time of the beat, ms since the epoch.
+    pub alive_ms: i64,
+    /// Freshness of the instance's partitions, ms since the epoch.
+    pub fresh_ms: Option<i64>,
+    /// Beat interval in ms.
+    pub interval_ms: i64,
+}
+
+impl InstanceBeat {
+    /// `alive:fresh:interval`, fresh `-1` when unknown.
+    pub fn encode(&self) -> String {
+        format!(
+            "{}:{}:{}",
+            self.alive_ms,
+            self.fresh_ms.unwrap_or(-1),
+            self.interval_ms
+        )
+    }
+
+    /// Parses [`InstanceBeat::encode`]'s output.
+    pub fn decode(s: &str) -> Option<Self> {
+        let mut it = s.split(':').map(str::parse::<i64>);
+        let (alive_ms, fresh, interval_ms) = (it.next()?.ok()?, it.next()?.ok()?, it.next()?.ok()?);
+        Some(Self {
+            alive_ms,
+            fresh_ms: (fresh >= 0).then_some(fresh),
+            interval_ms,
+        })
+    }
+
+    /// Freshness of the whole pipeline from every instance's beat at `now_ms`:
+    /// the least fresh of the live instances (a beat within three intervals,
+    /// at least 3 s); if none is live, the freshest beat ever recorded (ingest
+    /// is down and the data ages from there). `None` if nothing is known.
+    pub fn pipeline_fresh_ms(beats: &[InstanceBeat], now_ms: i64) -> Option<i64> {
+        let live = |b: &&InstanceBeat| now_ms - b.alive_ms <= (3 * b.interval_ms).max(3000);
+        if beats.iter().any(|b| live(&b)) {
+            beats
+                .iter()
+                .filter(live)
+                .map(|b| b.fresh_ms)
+                .try_fold(i64::MAX, |acc, f| f.map(|f| acc.min(f)))
+        } else {
+            beats.iter().filter_map(|b| b.fresh_ms).max()
+        }
+    }
+}
+
 /// The field name under which a partition's offset is kept.
 pub fn partition_field(topic: &str, partition: i32) -> String {
     format!("{topic}/{partition}")
@@ -92,6 +158,45 @@ pub fn partition_field(topic: &str, partition: i32) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn pipeline_freshness() {
+        let b = |alive_ms, fresh_ms| InstanceBeat {
+            alive_ms,
+            fresh_ms,
+            interval_ms: 1000,
+        };
+        assert_eq!(
+            InstanceBeat::decode(&b(5, Some(4)).encode()),
+            Some(b(5, Some(4)))
+        );
+        assert_eq!(InstanceBeat::decode(&b(5, None).encode()), Some(b(5, None)));
+        let now = 100_000;
+        // Two live instances: the staler one bounds the pipeline.
+        assert_eq!(
+            InstanceBeat::pipeline_fresh_ms(
+                &[b(now, Some(90_000)), b(now - 500, Some(80_000))],
+                now
+            ),
+            Some(80_000)
+        );
+        // A dead instance (crashed, its partitions taken over) is ignored.
+        assert_eq!(
+            InstanceBeat::pipeline_fresh_ms(&[b(now, Some(90_000)), b(now - 60_000, Some(1))], now),
+            Some(90_000)
+        );
+        // Everything dead: the data ages from the freshest beat.
+        assert_eq!(
+            InstanceBeat::pipeline_fresh_ms(
+                &[b(10_000, Some(9_000)), b(20_000, Some(19_000))],
+                now
+            ),
+            Some(19_000)
+        );
+        // A live instance without an estimate yet: unknown.
+        assert_eq!(InstanceBeat::pipeline_fresh_ms(&[b(now, None)], now), None);
+        assert_eq!(InstanceBeat::pipeline_fresh_ms(&[], now), None);
+    }
 
     #[test]
     fn key_layout() {

@@ -6,7 +6,7 @@
 //! flushed or replaced (epoch gone) is noticed at the next batch or heartbeat,
 //! whichever comes first, and ingest replays the log from offset zero.
 
-use foldcache_common::keys::{KeySpace, partition_field};
+use foldcache_common::keys::{InstanceBeat, KeySpace, partition_field};
 use redis::aio::ConnectionLike;
 
 const INIT_LUA: &str = r"
@@ -18,9 +18,11 @@ return redis.call('HMGET', KEYS[1], 'epoch', 'live_gen', 'ready')
 ";
 
 const HEARTBEAT_LUA: &str = r"
--- KEYS[1] state; ARGV[1] epoch, ARGV[2] now in ms
+-- KEYS[1] state, KEYS[2] instances; ARGV[1] epoch, ARGV[2] now in ms,
+-- ARGV[3] instance id, ARGV[4] encoded InstanceBeat
 if redis.call('HGET', KEYS[1], 'epoch') ~= ARGV[1] then return -1 end
 redis.call('HSET', KEYS[1], 'heartbeat_ms', ARGV[2])
+redis.call('HSET', KEYS[2], ARGV[3], ARGV[4])
 return 1
 ";
 
@@ -99,21 +101,53 @@ impl StateStore {
         })
     }
 
-    /// Refreshes ingest's heartbeat if the epoch is still ours.
+    /// Refreshes this instance's heartbeat (liveness and freshness) if the
+    /// epoch is still ours.
     pub async fn heartbeat<C: ConnectionLike + Send>(
         &self,
         con: &mut C,
         epoch: &str,
-        now_ms: i64,
+        instance: &str,
+        beat: InstanceBeat,
     ) -> redis::RedisResult<Result<(), EpochLost>> {
         let r: i64 = self
             .heartbeat
             .key(self.keys.state())
+            .key(self.keys.instances())
             .arg(epoch)
-            .arg(now_ms)
+            .arg(beat.alive_ms)
+            .arg(instance)
+            .arg(beat.encode())
             .invoke_async(con)
             .await?;
         Ok(if r < 0 { Err(EpochLost) } else { Ok(()) })
+    }
+
+    /// Removes this instance's heartbeat (clean shutdown), and the beats of
+    /// instances silent for over an hour.
+    pub async fn retire<C: ConnectionLike + Send>(
+        &self,
+        con: &mut C,
+        instance: &str,
+        now_ms: i64,
+    ) -> redis::RedisResult<()> {
+        let beats: Vec<(String, String)> = redis::cmd("HGETALL")
+            .arg(self.keys.instances())
+            .query_async(con)
+            .await?;
+        let mut gone: Vec<&str> = beats
+            .iter()
+            .filter(|(_, v)| {
+                InstanceBeat::decode(v).is_none_or(|b| now_ms - b.alive_ms > 3_600_000)
+            })
+            .map(|(k, _)| k.as_str())
+            .collect();
+        gone.push(instance);
+        redis::cmd("HDEL")
+            .arg(self.keys.instances())
+            .arg(gone)
+            .query_async(con)
+            .await
     }
 
     /// Records partitions that reached their end (`(topic, partition,

@@ -14,10 +14,11 @@ use crate::cache_state::{CacheState, EpochLost, StateStore};
 use crate::dead_letter::{DeadLetter, DeadLetters};
 use crate::decode::{Decoded, decode};
 use crate::fold::{FoldError, Folder, PartitionBatch};
+use crate::progress::{FetchView, Progress, Tp};
 use crate::source::Sources;
 use anyhow::Context as _;
 use foldcache_common::config::{Config, ResumeMode};
-use foldcache_common::keys::KeySpace;
+use foldcache_common::keys::{InstanceBeat, KeySpace};
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, Rebalance, StreamConsumer};
 use rdkafka::error::KafkaError;
@@ -26,24 +27,12 @@ use rdkafka::producer::FutureProducer;
 use rdkafka::statistics::Statistics;
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 use rdkafka::{ClientContext, Timestamp};
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashSet};
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::sync::watch;
-
-/// `(topic, partition)`.
-pub type Tp = (String, i32);
-
-/// What a fetch reported about a partition (from librdkafka's statistics).
-#[derive(Debug, Clone, Copy)]
-struct FetchView {
-    hi: i64,
-    next_fetch: i64,
-    queued: i64,
-    app_offset: i64,
-}
 
 /// State shared between the consume loop and librdkafka's callbacks.
 #[derive(Debug)]
@@ -51,9 +40,8 @@ pub struct IngestContext {
     state: StateStore,
     redis: redis::Client,
     generation: u64,
-    /// Assigned partitions and the next offset folded into Redis for each.
-    positions: Mutex<HashMap<Tp, i64>>,
-    fetch: Mutex<HashMap<Tp, FetchView>>,
+    /// Assigned partitions: folded position, fetch views, freshness.
+    progress: Mutex<Progress>,
     /// Where assigned partitions start reading.
     resume: ResumeMode,
     /// Set when an assignment could not read its offsets from Redis: the loop
@@ -63,21 +51,20 @@ pub struct IngestContext {
 
 impl ClientContext for IngestContext {
     fn stats(&self, stats: Statistics) {
-        let mut fetch = lock(&self.fetch);
+        let now = now_ms();
+        let mut progress = lock(&self.progress);
         for (topic, t) in &stats.topics {
             for (p, s) in &t.partitions {
                 if *p < 0 || s.hi_offset < 0 {
                     continue;
                 }
-                fetch.insert(
-                    (topic.clone(), *p),
-                    FetchView {
-                        hi: s.hi_offset,
-                        next_fetch: s.next_offset,
-                        queued: s.fetchq_cnt,
-                        app_offset: s.app_offset,
-                    },
-                );
+                let view = FetchView {
+                    hi: s.hi_offset,
+                    next_fetch: s.next_offset,
+                    queued: s.fetchq_cnt,
+                    app_offset: s.app_offset,
+                };
+                progress.observe(&(topic.clone(), *p), view, now);
             }
         }
     }
@@ -100,7 +87,10 @@ impl ConsumerContext for IngestContext {
                         for ((t, p), off) in &starts {
                             tracing::info!(topic = %t, partition = p, offset = off, "partition assigned");
                         }
-                        lock(&self.positions).extend(starts);
+                        let mut progress = lock(&self.progress);
+                        for (tp, start) in starts {
+                            progress.assign(tp, start);
+                        }
                     }
                     Err(e) => {
                         tracing::error!(error = %e, "reading start offsets from Redis failed");
@@ -109,15 +99,14 @@ impl ConsumerContext for IngestContext {
                 }
             }
             Rebalance::Revoke(tpl) => {
-                let mut positions = lock(&self.positions);
+                let mut progress = lock(&self.progress);
                 for e in tpl.elements() {
                     tracing::info!(
                         topic = e.topic(),
                         partition = e.partition(),
                         "partition revoked"
                     );
-                    positions.remove(&(e.topic().to_owned(), e.partition()));
-                    lock(&self.fetch).remove(&(e.topic().to_owned(), e.partition()));
+                    progress.revoke(&(e.topic().to_owned(), e.partition()));
                 }
             }
             Rebalance::Error(e) => tracing::error!(error = %e, "rebalance error"),
@@ -152,28 +141,10 @@ impl IngestContext {
 
     /// Partitions whose every record up to a fetch-reported end is folded.
     fn caught_up(&self) -> Vec<(String, i32, i64)> {
-        let positions = lock(&self.positions);
-        let fetch = lock(&self.fetch);
-        positions
-            .iter()
-            .filter_map(|(tp, &pos)| {
-                let f = fetch.get(tp)?;
-                let done = pos >= f.hi
-                    // Control records (transactions) are never delivered, so
-                    // also accept: the fetcher is at the end, nothing queued,
-                    // and all delivered records are folded.
-                    || (f.next_fetch >= f.hi && f.queued == 0 && pos >= f.app_offset);
-                done.then(|| (tp.0.clone(), tp.1, pos))
-            })
-            .collect()
-    }
-
-    fn lag(&self) -> Vec<(Tp, i64)> {
-        let positions = lock(&self.positions);
-        let fetch = lock(&self.fetch);
-        positions
-            .iter()
-            .filter_map(|(tp, &pos)| fetch.get(tp).map(|f| (tp.clone(), (f.hi - pos).max(0))))
+        lock(&self.progress)
+            .caught_up()
+            .into_iter()
+            .map(|((t, p), pos)| (t, p, pos))
             .collect()
     }
 }
@@ -201,6 +172,8 @@ pub struct Ingest {
     state: StateStore,
     redis: redis::Client,
     ready: watch::Sender<bool>,
+    /// Random id of this process, for its heartbeat.
+    instance: String,
 }
 
 impl Ingest {
@@ -218,6 +191,7 @@ impl Ingest {
             redis,
             config,
             ready: watch::channel(false).0,
+            instance: format!("{:016x}", rand::random::<u64>()),
         })
     }
 
@@ -234,6 +208,10 @@ impl Ingest {
             c = self.connect() => c,
             () = &mut shutdown => return Ok(()),
         };
+        let refresher = tokio::spawn(
+            crate::ttl_refresh::TtlRefresher::new(&self.config, &self.instance).run(con.clone()),
+        );
+        let _stop_refresher = AbortOnDrop(refresher);
         loop {
             let state = tokio::select! {
                 s = retry("initialising the cache state", || {
@@ -245,7 +223,12 @@ impl Ingest {
             tracing::info!(epoch = %state.epoch, generation = state.live_gen, ready = state.ready, "cache state");
             self.ready.send_replace(state.ready);
             match self.consume(&state, &mut con, &mut shutdown).await? {
-                Exit::Shutdown => return Ok(()),
+                Exit::Shutdown => {
+                    if let Err(e) = self.state.retire(&mut con, &self.instance, now_ms()).await {
+                        tracing::warn!(error = %e, "removing this instance's heartbeat failed");
+                    }
+                    return Ok(());
+                }
                 Exit::EpochLost => {
                     tracing::warn!(
                         "Redis lost foldcache's data (cache epoch gone): replaying every topic from offset zero"
@@ -270,8 +253,7 @@ impl Ingest {
             redis: self.redis.clone(),
             generation: state.live_gen,
             resume: self.config.ingest.resume,
-            positions: Mutex::new(HashMap::new()),
-            fetch: Mutex::new(HashMap::new()),
+            progress: Mutex::new(Progress::default()),
             assign_failed: AtomicBool::new(false),
         };
         let mut cc = kafka_client_config(&self.config);
@@ -350,12 +332,19 @@ impl Ingest {
                 _ = tick.tick() => {
                     if last_heartbeat.elapsed() >= heartbeat_every {
                         last_heartbeat = Instant::now();
-                        match self.state.heartbeat(&mut con.clone(), &state.epoch, now_ms()).await {
+                        let now = now_ms();
+                        let beat = InstanceBeat {
+                            alive_ms: now,
+                            fresh_ms: lock(&consumer.context().progress).fresh_ms(now),
+                            interval_ms: heartbeat_every.as_millis() as i64,
+                        };
+                        match self.state.heartbeat(&mut con.clone(), &state.epoch, &self.instance, beat).await {
                             Ok(Err(EpochLost)) => break Exit::EpochLost,
                             Ok(Ok(())) => {}
                             Err(e) => tracing::warn!(error = %e, "heartbeat failed"),
                         }
-                        for ((t, p), lag) in consumer.context().lag() {
+                        let lags = lock(&consumer.context().progress).lag();
+                        for ((t, p), lag) in lags {
                             metrics::gauge!("foldcache_ingest_partition_lag", "topic" => t, "partition" => p.to_string()).set(lag as f64);
                         }
                     }
@@ -441,7 +430,7 @@ impl Ingest {
             return;
         };
         let (partition, offset) = (m.partition(), m.offset());
-        let folded = lock(&ctx.positions).get(&(topic.to_owned(), partition)).copied();
+        let folded = lock(&ctx.progress).position(&(topic.to_owned(), partition));
         if folded.is_some_and(|next| offset < next) {
             // Already in Redis (a replay after assignment): not even sent.
             metrics::counter!("foldcache_ingest_replay_skipped_total").increment(1);
@@ -529,11 +518,11 @@ impl Ingest {
             }
         };
         {
-            let mut positions = lock(&consumer.context().positions);
+            let mut progress = lock(&consumer.context().progress);
             for pb in &partitions {
                 let tp = (pb.topic().to_owned(), pb.partition());
-                if let Some(pos) = positions.get_mut(&tp) {
-                    *pos = (*pos).max(pb.next_offset());
+                if progress.position(&tp).is_some() {
+                    progress.folded(&tp, pb.next_offset());
                     // Mirror into the consumer group for monitoring tools.
                     let _ = consumer.store_offset(pb.topic(), pb.partition(), pb.next_offset());
                 }
@@ -555,6 +544,15 @@ impl Ingest {
         );
         *batch = Batch::default();
         Ok(None)
+    }
+}
+
+/// Aborts a background task when dropped.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
     }
 }
 

@@ -8,8 +8,10 @@
 //! - [`dead_letter`]: poison records to the dead-letter topic.
 //! - [`fold`]: the atomic Redis script that writes a partition batch and its
 //!   offset together, fenced so that nothing ever regresses.
+//! - [`progress`]: per-partition position, caught-up and freshness.
 //! - [`cache_state`]: the cache marker (epoch, generation, readiness,
 //!   heartbeat) that tells ingest when Redis lost its data.
+//! - [`ttl_refresh`]: keeps live entities from expiring while ingest runs.
 //! - [`admin`]: `/metrics`, `/healthz`, `/readyz`.
 //! - [`generate`], [`produce`], [`topics`]: the demo data set and tooling.
 
@@ -21,7 +23,9 @@ pub mod decode;
 pub mod fold;
 pub mod generate;
 pub mod produce;
+pub mod progress;
 pub mod source;
 pub mod topics;
+pub mod ttl_refresh;
 
 pub use consumer::Ingest;

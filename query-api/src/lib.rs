@@ -39,6 +39,8 @@ pub struct EntityPolicy {
     pub cache_control: HeaderValue,
     /// Negative-cache lifetime of a 404.
     pub not_found_max_age: u64,
+    /// Freshness bound in ms (`None`: unbounded).
+    pub max_staleness_ms: Option<i64>,
 }
 
 /// Shared state of the handlers.
@@ -64,6 +66,8 @@ impl AppState {
                     EntityPolicy {
                         cache_control: cache_policy::cache_control(&e.cache_control),
                         not_found_max_age: e.not_found_max_age_secs,
+                        max_staleness_ms: (e.freshness_secs > 0)
+                            .then(|| e.freshness_secs.saturating_mul(1000) as i64),
                     },
                 )
             })

@@ -27,12 +27,16 @@ pub async fn get_entity(
         .get(name.as_str())
         .ok_or_else(|| ApiError::UnknownEntity(truncate(&entity)))?;
     let id = EntityId::parse(&id).map_err(|e| ApiError::InvalidId(e.to_string()))?;
-    let lookup = app.store.get(&name, &id).await.map_err(|e| {
-        tracing::error!(error = %e, entity = %name, "Redis lookup failed");
-        ApiError::Unavailable {
-            retry_after: app.retry_after,
-        }
-    })?;
+    let lookup = app
+        .store
+        .get(&name, &id, policy.max_staleness_ms)
+        .await
+        .map_err(|e| {
+            tracing::error!(error = %e, entity = %name, "Redis lookup failed");
+            ApiError::Unavailable {
+                retry_after: app.retry_after,
+            }
+        })?;
     let entity = match lookup {
         Lookup::Found(e) => e,
         Lookup::NotFound => {
@@ -74,10 +78,11 @@ pub async fn healthz() -> &'static str {
     "ok"
 }
 
-/// Readiness: Redis answers and the cache has caught up with the log.
+/// Readiness: Redis answers, the cache has caught up with the log, and the
+/// ingest instances have reported how fresh it is.
 pub async fn readyz(State(app): State<AppState>) -> Response {
     let view = app.store.view();
-    if view.ready && app.store.ping().await {
+    if view.ready && view.fresh_ms.is_some() && app.store.ping().await {
         (StatusCode::OK, "ready").into_response()
     } else {
         ApiError::NotReady {

@@ -7,7 +7,9 @@
 //! never a false 404.
 
 use foldcache_common::id::{EntityId, EntityName};
-use foldcache_common::keys::{KeySpace, META_ETAG, META_MODIFIED_MS, META_PREFIX, state_field};
+use foldcache_common::keys::{
+    InstanceBeat, KeySpace, META_ETAG, META_MODIFIED_MS, META_PREFIX, state_field,
+};
 use foldcache_common::state::assemble_body;
 use redis::aio::ConnectionManager;
 use std::time::Duration;
@@ -22,6 +24,9 @@ pub struct CacheView {
     pub live_gen: u64,
     /// Caught up at least once.
     pub ready: bool,
+    /// Every record produced before this time (ms) is folded, as the ingest
+    /// instances last reported; `None` if unknown.
+    pub fresh_ms: Option<i64>,
 }
 
 /// One entity, as served.
@@ -78,32 +83,40 @@ impl Store {
         Ok(store)
     }
 
-    /// Re-reads the cache marker.
+    /// Re-reads the cache marker and the ingest instances' heartbeats.
     pub async fn refresh(&self) -> redis::RedisResult<CacheView> {
-        let (epoch, gen_, ready): (Option<String>, Option<u64>, Option<String>) =
-            redis::cmd("HMGET")
-                .arg(self.keys.state())
-                .arg(state_field::EPOCH)
-                .arg(state_field::LIVE_GEN)
-                .arg(state_field::READY)
-                .query_async(&mut self.con.clone())
-                .await?;
+        type Marker = (Option<String>, Option<u64>, Option<String>);
+        let ((epoch, gen_, ready), beats): (Marker, Vec<(String, String)>) = redis::pipe()
+            .cmd("HMGET")
+            .arg(self.keys.state())
+            .arg(state_field::EPOCH)
+            .arg(state_field::LIVE_GEN)
+            .arg(state_field::READY)
+            .cmd("HGETALL")
+            .arg(self.keys.instances())
+            .query_async(&mut self.con.clone())
+            .await?;
+        let beats: Vec<InstanceBeat> = beats
+            .iter()
+            .filter_map(|(_, v)| InstanceBeat::decode(v))
+            .collect();
         let view = CacheView {
             present: epoch.is_some(),
             live_gen: gen_.unwrap_or(0),
             ready: epoch.is_some() && ready.as_deref() == Some("1"),
+            fresh_ms: InstanceBeat::pipeline_fresh_ms(&beats, now_ms()),
         };
         self.view_tx.send_if_modified(|v| {
             let changed = *v != view;
-            if changed {
+            if (v.present, v.live_gen, v.ready) != (view.present, view.live_gen, view.ready) {
                 tracing::info!(
                     present = view.present,
                     generation = view.live_gen,
                     ready = view.ready,
                     "cache state changed"
                 );
-                *v = view.clone();
             }
+            *v = view.clone();
             changed
         });
         Ok(view)
@@ -140,10 +153,21 @@ impl Store {
             .is_ok()
     }
 
-    /// Looks up one entity.
-    pub async fn get(&self, entity: &EntityName, id: &EntityId) -> redis::RedisResult<Lookup> {
+    /// Looks up one entity. With `max_staleness_ms`, a pipeline that has not
+    /// confirmed freshness within that bound answers [`Lookup::NotReady`].
+    pub async fn get(
+        &self,
+        entity: &EntityName,
+        id: &EntityId,
+        max_staleness_ms: Option<i64>,
+    ) -> redis::RedisResult<Lookup> {
         let view = self.view();
         if !view.ready {
+            return Ok(Lookup::NotReady);
+        }
+        if let Some(bound) = max_staleness_ms
+            && view.fresh_ms.is_none_or(|f| now_ms() - f > bound)
+        {
             return Ok(Lookup::NotReady);
         }
         let key = self.keys.entity(view.live_gen, entity, id);
@@ -163,6 +187,13 @@ impl Store {
         }
         Ok(decode_hash(&fields).map_or(Lookup::NotFound, Lookup::Found))
     }
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
 }
 
 /// Splits a hash into the body and its stored validators. `None` if the
