@@ -6,9 +6,25 @@
 //! `If-Match` uses the strong comparison, `If-None-Match` the weak one, so
 //! `W/"x"` matches `"x"`. A header that does not parse is treated as absent,
 //! but its presence still disables the date-based fallback it overrides.
+//!
+//! Compression and validators: an ETag never names two byte sequences. The
+//! handler attaches [`Validators`] (the stored, identity ETag) to a 200; the
+//! [`layer`] runs *outside* the compression layer, sees the final
+//! `Content-Encoding`, and derives the representation's tag: `"<etag>"` for
+//! identity, `"<etag>-gzip"`, `"<etag>-br"`, `"<etag>-zstd"` otherwise. Only
+//! then are the preconditions evaluated, against that tag, and a match turns
+//! the response into a 304 carrying the same tag, `Cache-Control`, `Vary`,
+//! `Last-Modified` and `Date`.
 
-use axum::http::HeaderMap;
-use axum::http::header::{IF_MATCH, IF_NONE_MATCH};
+use crate::error::ApiError;
+use axum::extract::Request;
+use axum::http::header::{
+    CACHE_CONTROL, CONTENT_ENCODING, ETAG, IF_MATCH, IF_MODIFIED_SINCE, IF_NONE_MATCH,
+    IF_UNMODIFIED_SINCE, LAST_MODIFIED, VARY,
+};
+use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
 use headers::{ETag, HeaderMapExt, IfMatch, IfModifiedSince, IfNoneMatch, IfUnmodifiedSince};
 use std::time::SystemTime;
 
@@ -21,6 +37,16 @@ pub enum Outcome {
     NotModified,
     /// A precondition failed (412).
     PreconditionFailed,
+}
+
+/// Validators of a selected representation, attached by the handler to its
+/// 200 response as an extension.
+#[derive(Debug, Clone)]
+pub struct Validators {
+    /// The stored strong validator, without quotes (identity encoding).
+    pub etag: String,
+    /// `Last-Modified`.
+    pub last_modified: SystemTime,
 }
 
 /// Evaluates the preconditions of a GET or HEAD against the current
@@ -55,4 +81,64 @@ pub fn evaluate(headers: &HeaderMap, etag: &ETag, last_modified: SystemTime) -> 
 
 fn typed<H: headers::Header>(headers: &HeaderMap) -> Option<H> {
     headers.typed_try_get::<H>().ok().flatten()
+}
+
+/// The representation's entity tag: the stored validator, suffixed with the
+/// content coding when the body is encoded.
+pub fn representation_etag(stored: &str, content_encoding: Option<&HeaderValue>) -> Option<ETag> {
+    let tag = match content_encoding.and_then(|v| v.to_str().ok()) {
+        None | Some("identity") => format!("\"{stored}\""),
+        Some(coding) => format!("\"{stored}-{coding}\""),
+    };
+    tag.parse().ok()
+}
+
+const CONDITIONAL_HEADERS: [HeaderName; 4] =
+    [IF_MATCH, IF_NONE_MATCH, IF_MODIFIED_SINCE, IF_UNMODIFIED_SINCE];
+
+/// Middleware (outside compression): final ETag, then preconditions.
+pub async fn layer(req: Request, next: Next) -> Response {
+    let mut conditions = HeaderMap::new();
+    for name in CONDITIONAL_HEADERS {
+        for v in req.headers().get_all(&name) {
+            conditions.append(name.clone(), v.clone());
+        }
+    }
+    let mut res = next.run(req).await;
+    let Some(v) = res.extensions_mut().remove::<Validators>() else {
+        return res;
+    };
+    let Some(etag) = representation_etag(&v.etag, res.headers().get(CONTENT_ENCODING)) else {
+        return res;
+    };
+    res.headers_mut().typed_insert(etag.clone());
+    match evaluate(&conditions, &etag, v.last_modified) {
+        Outcome::Proceed => res,
+        Outcome::PreconditionFailed => ApiError::PreconditionFailed.into_response(),
+        Outcome::NotModified => not_modified(res.headers()),
+    }
+}
+
+/// A 304 with the 200's validators and caching headers, and no body.
+fn not_modified(from: &HeaderMap) -> Response {
+    let mut res = StatusCode::NOT_MODIFIED.into_response();
+    let h = res.headers_mut();
+    for name in [ETAG, CACHE_CONTROL, VARY, LAST_MODIFIED] {
+        for v in from.get_all(&name) {
+            h.append(name.clone(), v.clone());
+        }
+    }
+    res
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tags_name_one_byte_sequence_each() {
+        let gz = HeaderValue::from_static("gzip");
+        assert_eq!(representation_etag("abc", None).unwrap().to_string(), "\"abc\"");
+        assert_eq!(representation_etag("abc", Some(&gz)).unwrap().to_string(), "\"abc-gzip\"");
+    }
 }

@@ -1,0 +1,290 @@
+//! Load benchmark of the fold: N employee events (default 1,000,000) through
+//! a real Tansu broker into a real Redis, measured beside two baselines in
+//! the same run:
+//!
+//! 1. a plain librdkafka consumer draining the same topic (read ceiling);
+//! 2. `redis-benchmark -P 64` HSET of the same field count (write ceiling).
+//!
+//! Prints events/s for each, ingest's ratio to the lower baseline (target
+//! ≥ 0.5), ingest's peak RSS and Redis memory per entity.
+//!
+//! Run: `scripts/dev bench-ingest [EVENTS]` (builds release binaries first).
+
+use anyhow::{Context, Result};
+use foldcache::{Broker, RedisServer, foldcache_binary, unique};
+use foldcache_common::config::{Config, SourceConfig, ValueFormat};
+use foldcache_ingest::generate::{GenOptions, Generator, Kind};
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::Message;
+use rdkafka::{ClientConfig, Offset, TopicPartitionList};
+use redis::AsyncCommands;
+use std::collections::HashMap;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+const PARTITIONS: i32 = 6;
+
+#[tokio::main]
+async fn main() -> Result<()> {
+    let events: usize = std::env::args()
+        .skip(1)
+        .find_map(|a| a.parse().ok())
+        .unwrap_or(1_000_000);
+    let redis = RedisServer::start().await?;
+    let broker = Broker::start().await?;
+    let id = unique("bench");
+    let topic = format!("{id}.employees");
+    broker
+        .create_topics(
+            &[&topic, &format!("{id}.teams"), &format!("{id}.permissions")],
+            PARTITIONS,
+        )
+        .await?;
+    broker.create_topics(&[&format!("{id}.dlq")], 1).await?;
+
+    let mut config = Config::default();
+    config.kafka.brokers = broker.bootstrap();
+    config.kafka.dead_letter_topic = format!("{id}.dlq");
+    config.sources = ["employees", "teams", "permissions"]
+        .iter()
+        .map(|e| SourceConfig {
+            topic: format!("{id}.{e}"),
+            entity: (*e).into(),
+            format: ValueFormat::Json,
+            id_prefix: String::new(),
+        })
+        .collect();
+
+    // Produce N employee states (distinct ids).
+    eprintln!("producing {events} employee events to {topic} ({PARTITIONS} partitions)...");
+    let t = Instant::now();
+    let opts = GenOptions {
+        seed: 7,
+        employees: events,
+        teams: 1000,
+        updates: 0,
+        deletes: 0,
+    };
+    let cfg = config.clone();
+    let produced = tokio::task::spawn_blocking(move || {
+        let evs = Generator::new(opts)
+            .events()
+            .filter(|e| e.kind == Kind::Employee);
+        foldcache_ingest::produce::produce(&cfg, evs, 0)
+    })
+    .await??;
+    let produce_secs = t.elapsed().as_secs_f64();
+    eprintln!("produced {produced} in {produce_secs:.1} s");
+
+    // Baseline 1: a plain consumer drains the topic.
+    let bootstrap = broker.bootstrap();
+    let topic_c = topic.clone();
+    let drain_secs =
+        tokio::task::spawn_blocking(move || drain(&bootstrap, &topic_c, produced)).await??;
+
+    // Baseline 2: redis-benchmark HSET with the same field count.
+    let sample = sample_field_count(&config)?;
+    let hset_rate = redis_benchmark_hset(redis.port(), events, sample)?;
+
+    // foldcache ingest from an empty Redis.
+    let dir = std::env::temp_dir().join(&id);
+    std::fs::create_dir_all(&dir)?;
+    let path = dir.join("foldcache.toml");
+    std::fs::write(&path, bench_toml(&config, &redis.url()))?;
+    let mut con = redis.connection().await?;
+    let () = redis::cmd("FLUSHALL").query_async(&mut con).await?;
+    let t = Instant::now();
+    let mut ingest = foldcache::Process::spawn(
+        "ingest",
+        &foldcache_binary("ingest")?,
+        &["--config", &path.to_string_lossy(), "run"],
+        &[("RUST_LOG", "warn")],
+    )?;
+    let pid = ingest.pid().context("ingest pid")?;
+    let mut peak_rss_kb = 0;
+    loop {
+        let offsets: HashMap<String, i64> = con.hgetall("fc:g1:offsets").await?;
+        let done: i64 = offsets
+            .iter()
+            .filter(|(k, _)| k.starts_with(&topic))
+            .map(|(_, v)| v)
+            .sum();
+        peak_rss_kb = peak_rss_kb.max(rss_kb(pid));
+        if done as u64 >= produced {
+            break;
+        }
+        anyhow::ensure!(
+            t.elapsed() < Duration::from_secs(600),
+            "ingest did not finish: {done}/{produced}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let ingest_secs = t.elapsed().as_secs_f64();
+    peak_rss_kb = peak_rss_kb.max(hwm_kb(pid));
+    ingest.terminate(Duration::from_secs(10));
+
+    let keys: u64 = redis::cmd("DBSIZE").query_async(&mut con).await?;
+    let info: String = redis::cmd("INFO")
+        .arg("memory")
+        .query_async(&mut con)
+        .await?;
+    let used: u64 = info
+        .lines()
+        .find_map(|l| l.strip_prefix("used_memory:"))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0);
+
+    let ingest_rate = produced as f64 / ingest_secs;
+    let drain_rate = produced as f64 / drain_secs;
+    let floor = drain_rate.min(hset_rate);
+    println!(
+        "\n## ingest load benchmark ({produced} events, {PARTITIONS} partitions, {sample} fields per hash)\n"
+    );
+    println!("| run | seconds | events/s | ratio to ingest |");
+    println!("|---|---:|---:|---:|");
+    println!(
+        "| plain consumer drain (Tansu) | {drain_secs:.2} | {drain_rate:.0} | {:.2} |",
+        ingest_rate / drain_rate
+    );
+    println!(
+        "| redis-benchmark -P 64 HSET ({sample} fields) | {:.2} | {hset_rate:.0} | {:.2} |",
+        events as f64 / hset_rate,
+        ingest_rate / hset_rate
+    );
+    println!(
+        "| **foldcache ingest** (empty Redis to all folded) | {ingest_secs:.2} | {ingest_rate:.0} | 1.00 |"
+    );
+    println!(
+        "\ningest / min(baselines) = {:.2} (target >= 0.5)",
+        ingest_rate / floor
+    );
+    println!("ingest peak RSS: {:.1} MiB", peak_rss_kb as f64 / 1024.0);
+    println!(
+        "Redis: {keys} keys, used_memory {:.1} MiB, {:.0} bytes per entity",
+        used as f64 / 1048576.0,
+        used as f64 / keys.max(1) as f64
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+    Ok(())
+}
+
+fn drain(bootstrap: &str, topic: &str, expect: u64) -> Result<f64> {
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .set("group.id", unique("drain"))
+        .set("enable.auto.commit", "false")
+        .create()?;
+    let mut tpl = TopicPartitionList::new();
+    for p in 0..PARTITIONS {
+        tpl.add_partition_offset(topic, p, Offset::Beginning)?;
+    }
+    consumer.assign(&tpl)?;
+    let t = Instant::now();
+    let mut n = 0u64;
+    let mut bytes = 0usize;
+    while n < expect {
+        match consumer.poll(Duration::from_secs(10)) {
+            Some(Ok(m)) => {
+                n += 1;
+                bytes += m.payload().map_or(0, <[u8]>::len);
+            }
+            Some(Err(e)) => anyhow::bail!("drain: {e}"),
+            None => anyhow::bail!("drain stalled at {n}/{expect}"),
+        }
+    }
+    let secs = t.elapsed().as_secs_f64();
+    eprintln!("plain consumer drained {n} records ({bytes} bytes) in {secs:.2} s");
+    Ok(secs)
+}
+
+/// Fields per entity hash as ingest writes them (members + 3 meta fields).
+fn sample_field_count(_config: &Config) -> Result<usize> {
+    let opts = GenOptions {
+        seed: 7,
+        employees: 1,
+        teams: 1,
+        updates: 0,
+        deletes: 0,
+    };
+    let e = Generator::new(opts)
+        .events()
+        .find(|e| e.kind == Kind::Employee)
+        .and_then(|e| e.value)
+        .context("no employee")?;
+    Ok(e.as_object().map_or(0, |o| o.len()) + 3)
+}
+
+fn redis_benchmark_hset(port: u16, n: usize, fields: usize) -> Result<f64> {
+    let mut args: Vec<String> = [
+        "-h",
+        "127.0.0.1",
+        "-p",
+        &port.to_string(),
+        "-P",
+        "64",
+        "-n",
+        &n.to_string(),
+        "-r",
+        &n.to_string(),
+        "-q",
+        "HSET",
+        "bench:__rand_int__",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    for f in 0..fields {
+        args.push(format!("field{f:02}"));
+        args.push("\"a-typical-hr-value-of-24b\"".into());
+    }
+    let out = Command::new("redis-benchmark")
+        .args(&args)
+        .output()
+        .context("running redis-benchmark")?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    let last = text.rsplit('\r').next().unwrap_or("").trim();
+    eprintln!(
+        "redis-benchmark: ...{}",
+        &last[last.len().saturating_sub(60)..]
+    );
+    text.split("requests per second")
+        .next()
+        .and_then(|s| s.rsplit(':').next())
+        .and_then(|s| s.trim().parse().ok())
+        .context("could not parse redis-benchmark output")
+}
+
+fn rss_kb(pid: u32) -> u64 {
+    status_kb(pid, "VmRSS:")
+}
+
+fn hwm_kb(pid: u32) -> u64 {
+    status_kb(pid, "VmHWM:")
+}
+
+fn status_kb(pid: u32, field: &str) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix(field))
+                .and_then(|v| v.trim().trim_end_matches(" kB").trim().parse().ok())
+        })
+        .unwrap_or(0)
+}
+
+fn bench_toml(config: &Config, redis_url: &str) -> String {
+    let mut s = format!(
+        "[redis]\nurl = \"{redis_url}\"\n[kafka]\nbrokers = \"{}\"\ngroup_id = \"{}\"\ndead_letter_topic = \"{}\"\n[ingest]\nadmin_listen = \"127.0.0.1:0\"\n",
+        config.kafka.brokers,
+        unique("bench-group"),
+        config.kafka.dead_letter_topic
+    );
+    for src in &config.sources {
+        s.push_str(&format!(
+            "[[sources]]\ntopic = \"{}\"\nentity = \"{}\"\n",
+            src.topic, src.entity
+        ));
+    }
+    s
+}
