@@ -320,3 +320,57 @@ async fn live_entities_outlive_their_ttl_and_a_stopped_ingest_turns_reads_into_5
 fn r_retry_after(r: &reqwest::Response) -> bool {
     r.status() == StatusCode::SERVICE_UNAVAILABLE && r.headers().contains_key("retry-after")
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn two_companies_fold_into_one_entity_with_namespaced_ids() -> Result<()> {
+    let acme = foldcache::unique("acme");
+    let globex = foldcache::unique("globex");
+    let extra = format!(
+        "[[sources]]\ntopic = \"{acme}\"\nentity = \"employees\"\nid_prefix = \"acme.\"\n\n\
+         [[sources]]\ntopic = \"{globex}\"\nentity = \"employees\"\nid_prefix = \"globex.\"\nformat = \"debezium\"\n"
+    );
+    let stack = Stack::start(1, &extra).await?;
+    stack.broker.create_topics(&[&acme, &globex], 1).await?;
+    let _ingest = stack.spawn_ingest()?;
+    let _api = stack.spawn_query_api()?;
+    let producer = stack.producer()?;
+    stack.wait_ready(WAIT).await?;
+    // The same raw id E1 in both companies, one plain JSON, one Debezium.
+    stack
+        .produce(&producer, &acme, Some(b"E1"), Some(br#"{"name":"Kim"}"#))
+        .await?;
+    stack
+        .produce(
+            &producer,
+            &globex,
+            Some(br#"{"id":"E1"}"#),
+            Some(br#"{"op":"c","before":null,"after":{"name":"Smith"}}"#),
+        )
+        .await?;
+    let base = stack.base_url();
+    let a = wait_status(&format!("{base}/v1/employees/acme.E1"), StatusCode::OK).await?;
+    assert_eq!(a.json::<Value>().await?, json!({"name": "Kim"}));
+    let g = wait_status(&format!("{base}/v1/employees/globex.E1"), StatusCode::OK).await?;
+    assert_eq!(g.json::<Value>().await?, json!({"name": "Smith"}));
+    // A Debezium delete removes only the globex employee.
+    stack
+        .produce(
+            &producer,
+            &globex,
+            Some(br#"{"id":"E1"}"#),
+            Some(br#"{"op":"d","before":{"name":"Smith"},"after":null}"#),
+        )
+        .await?;
+    wait_status(
+        &format!("{base}/v1/employees/globex.E1"),
+        StatusCode::NOT_FOUND,
+    )
+    .await?;
+    assert_eq!(
+        get(&format!("{base}/v1/employees/acme.E1"), None)
+            .await?
+            .status(),
+        StatusCode::OK
+    );
+    Ok(())
+}

@@ -528,12 +528,20 @@ impl Ingest {
                 }
             }
         }
-        metrics::counter!("foldcache_ingest_folded_total", "outcome" => "upserted")
-            .increment(outcome.upserted);
-        metrics::counter!("foldcache_ingest_folded_total", "outcome" => "deleted")
-            .increment(outcome.deleted);
-        metrics::counter!("foldcache_ingest_folded_total", "outcome" => "skipped")
-            .increment(outcome.skipped);
+        for (pb, o) in partitions.iter().zip(&outcome) {
+            let entity = self
+                .sources
+                .get(pb.topic())
+                .map_or_else(String::new, |s| s.entity.to_string());
+            for (label, n) in [
+                ("upserted", o.upserted),
+                ("deleted", o.deleted),
+                ("skipped", o.skipped),
+            ] {
+                metrics::counter!("foldcache_ingest_folded_total", "entity" => entity.clone(), "outcome" => label)
+                    .increment(n);
+            }
+        }
         metrics::histogram!("foldcache_ingest_batch_seconds")
             .record(started.elapsed().as_secs_f64());
         tracing::debug!(

@@ -195,7 +195,7 @@ impl Folder {
     }
 
     /// Folds `batches` (of generation `generation`, guarded by `epoch`) in
-    /// one pipelined round trip. Either every batch's script ran, or an error
+    /// one pipelined round trip; returns one outcome per batch, in order. Either every batch's script ran, or an error
     /// is returned and the caller retries the whole set (the fence makes the
     /// retry exact).
     pub async fn fold<C: ConnectionLike + Send>(
@@ -204,9 +204,9 @@ impl Folder {
         epoch: &str,
         generation: u64,
         batches: &[PartitionBatch],
-    ) -> Result<FoldOutcome, FoldError> {
+    ) -> Result<Vec<FoldOutcome>, FoldError> {
         if batches.is_empty() {
-            return Ok(FoldOutcome::default());
+            return Ok(Vec::new());
         }
         let mut pipe = redis::pipe();
         for b in batches {
@@ -221,14 +221,16 @@ impl Folder {
             }
             Err(e) => return Err(e.into()),
         };
-        let mut out = FoldOutcome::default();
+        let mut out = Vec::with_capacity(replies.len());
         for (up, del, skip) in replies {
             if up < 0 {
                 return Err(FoldError::EpochChanged);
             }
-            out.upserted += up as u64;
-            out.deleted += del as u64;
-            out.skipped += skip as u64;
+            out.push(FoldOutcome {
+                upserted: up as u64,
+                deleted: del as u64,
+                skipped: skip as u64,
+            });
         }
         Ok(out)
     }

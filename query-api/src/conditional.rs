@@ -93,8 +93,12 @@ pub fn representation_etag(stored: &str, content_encoding: Option<&HeaderValue>)
     tag.parse().ok()
 }
 
-const CONDITIONAL_HEADERS: [HeaderName; 4] =
-    [IF_MATCH, IF_NONE_MATCH, IF_MODIFIED_SINCE, IF_UNMODIFIED_SINCE];
+const CONDITIONAL_HEADERS: [HeaderName; 4] = [
+    IF_MATCH,
+    IF_NONE_MATCH,
+    IF_MODIFIED_SINCE,
+    IF_UNMODIFIED_SINCE,
+];
 
 /// Middleware (outside compression): final ETag, then preconditions.
 pub async fn layer(req: Request, next: Next) -> Response {
@@ -138,7 +142,13 @@ mod tests {
     #[test]
     fn tags_name_one_byte_sequence_each() {
         let gz = HeaderValue::from_static("gzip");
-        assert_eq!(representation_etag("abc", None).unwrap().to_string(), "\"abc\"");
-        assert_eq!(representation_etag("abc", Some(&gz)).unwrap().to_string(), "\"abc-gzip\"");
+        assert_eq!(
+            representation_etag("abc", None).unwrap().to_string(),
+            "\"abc\""
+        );
+        assert_eq!(
+            representation_etag("abc", Some(&gz)).unwrap().to_string(),
+            "\"abc-gzip\""
+        );
     }
 }
