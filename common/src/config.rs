@@ -122,6 +122,15 @@ pub struct HttpConfig {
     pub state_poll_ms: u64,
     /// `Retry-After` seconds on 503 while the cache is not ready.
     pub retry_after_secs: u64,
+    /// gzip, br and zstd response compression (each coding gets its own
+    /// ETag, see docs/HTTP.md).
+    pub compression: bool,
+    /// Header naming the cache tags of a response for CDN purges:
+    /// `Surrogate-Key` (Fastly, Varnish), `xkey` (Varnish xkey),
+    /// `Cache-Tag` (Cloudflare, comma-separated); empty: none.
+    pub surrogate_key_header: String,
+    /// Most ids in one batch lookup.
+    pub max_batch_ids: usize,
 }
 
 /// Log output.
@@ -266,6 +275,9 @@ impl Default for Config {
                 metrics_listen: ([127, 0, 0, 1], 9601).into(),
                 state_poll_ms: 250,
                 retry_after_secs: 5,
+                compression: true,
+                surrogate_key_header: "Surrogate-Key".into(),
+                max_batch_ids: 100,
             },
             log: LogConfig {
                 filter: "info".into(),

@@ -23,14 +23,16 @@ use axum::middleware::{self, Next};
 use axum::response::Response;
 use axum::routing::get;
 use foldcache_common::config::Config;
+use foldcache_common::id::{EntityId, EntityName};
 use foldcache_common::keys::KeySpace;
-use http::HeaderValue;
+use http::{HeaderName, HeaderValue};
 use std::collections::HashMap;
 use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use store::Store;
 use tokio::net::TcpListener;
+use tower_http::compression::{CompressionLayer, CompressionLevel};
 
 /// Per-entity response policy, derived once from config.
 #[derive(Debug, Clone)]
@@ -52,6 +54,10 @@ pub struct AppState {
     pub entities: Arc<HashMap<String, EntityPolicy>>,
     /// `Retry-After` on 503.
     pub retry_after: u64,
+    /// Most ids per batch lookup.
+    pub max_batch_ids: usize,
+    /// Cache-tag header name, and whether tags are comma-separated.
+    pub surrogate: Option<(HeaderName, bool)>,
 }
 
 impl AppState {
@@ -72,22 +78,64 @@ impl AppState {
                 )
             })
             .collect();
+        let header = config.http.surrogate_key_header.trim();
+        let surrogate = (!header.is_empty())
+            .then(|| HeaderName::from_bytes(header.as_bytes()).ok())
+            .flatten()
+            .map(|name| {
+                let commas = name.as_str().eq_ignore_ascii_case("cache-tag");
+                (name, commas)
+            });
         Self {
             store,
             entities: Arc::new(entities),
             retry_after: config.http.retry_after_secs,
+            max_batch_ids: config.http.max_batch_ids,
+            surrogate,
         }
+    }
+
+    /// Cache tags of a response about `ids` of `entity`: the entity type and
+    /// `entity/id` per id. Ids only, never field values.
+    pub fn surrogate_keys(
+        &self,
+        entity: &EntityName,
+        ids: &[EntityId],
+    ) -> Option<(HeaderName, HeaderValue)> {
+        let (name, commas) = self.surrogate.as_ref()?;
+        let sep = if *commas { "," } else { " " };
+        let mut v = entity.to_string();
+        for id in ids {
+            v.push_str(sep);
+            v.push_str(&format!("{entity}/{id}"));
+        }
+        // Entity names and ids are validated ASCII.
+        HeaderValue::from_str(&v).ok().map(|v| (name.clone(), v))
     }
 }
 
-/// The router with every route and middleware.
-pub fn router(state: AppState) -> Router {
-    Router::new()
+/// The router with every route and middleware. Layer order, outermost
+/// first: metrics (sees the final status), conditional requests (see the
+/// final encoding), compression, handlers.
+pub fn router(state: AppState, compression: bool) -> Router {
+    let mut app = Router::new()
         .route("/v1/{entity}/{id}", get(routes::get_entity))
+        .route("/v1/{entity}", get(routes::get_batch))
         .route("/healthz", get(routes::healthz))
         .route("/readyz", get(routes::readyz))
+        .route("/openapi.json", get(routes::openapi))
         .fallback(routes::fallback)
-        .with_state(state)
+        .with_state(state);
+    if compression {
+        app = app.layer(
+            CompressionLayer::new()
+                .gzip(true)
+                .br(true)
+                .zstd(true)
+                .quality(CompressionLevel::Precise(4)),
+        );
+    }
+    app.layer(middleware::from_fn(conditional::layer))
         .layer(middleware::from_fn(track_metrics))
 }
 
@@ -99,8 +147,10 @@ async fn track_metrics(req: Request, next: Next) -> Response {
         .get::<MatchedPath>()
         .map_or("unmatched", |p| match p.as_str() {
             "/v1/{entity}/{id}" => "/v1/{entity}/{id}",
+            "/v1/{entity}" => "/v1/{entity}",
             "/healthz" => "/healthz",
             "/readyz" => "/readyz",
+            "/openapi.json" => "/openapi.json",
             _ => "other",
         });
     let method = if req.method() == http::Method::HEAD {
@@ -140,7 +190,7 @@ pub async fn serve(
             .clone()
             .poll_state(Duration::from_millis(config.http.state_poll_ms)),
     );
-    let app = router(AppState::new(store, config));
+    let app = router(AppState::new(store, config), config.http.compression);
     tracing::info!(addr = %listener.local_addr()?, "query-api listening");
     let result = axum::serve(listener, app)
         .with_graceful_shutdown(shutdown)

@@ -1,15 +1,22 @@
-//! The HTTP surface: `GET|HEAD /v1/{entity}/{id}`, `/healthz`, `/readyz`.
+//! The HTTP surface: `GET|HEAD /v1/{entity}/{id}`, the batch lookup
+//! `GET|HEAD /v1/{entity}?id=a&id=b`, `/healthz`, `/readyz`, `/openapi.json`.
+//!
+//! Handlers answer 200 with the representation and attach its
+//! [`Validators`]; preconditions (304/412) are evaluated by
+//! [`crate::conditional::layer`] once the final encoding is known.
 
 use crate::AppState;
-use crate::conditional::{Outcome, evaluate};
+use crate::EntityPolicy;
+use crate::conditional::Validators;
 use crate::error::ApiError;
-use crate::store::Lookup;
+use crate::store::{Entity, Lookup};
 use axum::extract::rejection::PathRejection;
-use axum::extract::{Path, State};
+use axum::extract::{Path, RawQuery, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use foldcache_common::id::{EntityId, EntityName};
-use headers::{ETag, HeaderMapExt, LastModified};
+use foldcache_common::state::etag_of;
+use headers::{HeaderMapExt, LastModified};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 /// `GET /v1/{entity}/{id}` (HEAD is served by the same handler; axum drops
@@ -17,26 +24,15 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 pub async fn get_entity(
     State(app): State<AppState>,
     path: Result<Path<(String, String)>, PathRejection>,
-    req_headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     let Path((entity, id)) = path.map_err(|e| ApiError::BadRequest(path_problem(&e)))?;
-    let name =
-        EntityName::parse(&entity).map_err(|_| ApiError::UnknownEntity(truncate(&entity)))?;
-    let policy = app
-        .entities
-        .get(name.as_str())
-        .ok_or_else(|| ApiError::UnknownEntity(truncate(&entity)))?;
+    let (name, policy) = entity_policy(&app, &entity)?;
     let id = EntityId::parse(&id).map_err(|e| ApiError::InvalidId(e.to_string()))?;
     let lookup = app
         .store
         .get(&name, &id, policy.max_staleness_ms)
         .await
-        .map_err(|e| {
-            tracing::error!(error = %e, entity = %name, "Redis lookup failed");
-            ApiError::Unavailable {
-                retry_after: app.retry_after,
-            }
-        })?;
+        .map_err(|e| unavailable(&app, &name, &e))?;
     let entity = match lookup {
         Lookup::Found(e) => e,
         Lookup::NotFound => {
@@ -50,27 +46,139 @@ pub async fn get_entity(
             });
         }
     };
-    let etag: ETag = format!("\"{}\"", entity.etag)
-        .parse()
-        .map_err(|_| ApiError::Unavailable {
-            retry_after: app.retry_after,
-        })?;
-    let modified = UNIX_EPOCH + Duration::from_millis(entity.modified_ms.max(0) as u64);
-    let mut headers = HeaderMap::new();
-    headers.typed_insert(etag.clone());
-    headers.typed_insert(LastModified::from(modified));
-    headers.insert(header::CACHE_CONTROL, policy.cache_control.clone());
-    match evaluate(&req_headers, &etag, modified) {
-        Outcome::NotModified => Ok((StatusCode::NOT_MODIFIED, headers).into_response()),
-        Outcome::PreconditionFailed => Err(ApiError::PreconditionFailed),
-        Outcome::Proceed => {
-            headers.insert(
-                header::CONTENT_TYPE,
-                HeaderValue::from_static("application/json"),
-            );
-            Ok((StatusCode::OK, headers, entity.body).into_response())
+    let tags = app.surrogate_keys(&name, std::slice::from_ref(&id));
+    Ok(representation(
+        policy,
+        entity.body,
+        entity.etag,
+        modified(entity.modified_ms),
+        tags,
+    ))
+}
+
+/// `GET /v1/{entity}?id=a&id=b`: several entities in one response, a JSON
+/// object from id to state (`null` for an id the log does not have), ids in
+/// sorted order. Its validator is the SHA-256 of that body; its
+/// `Last-Modified` the newest member's.
+pub async fn get_batch(
+    State(app): State<AppState>,
+    Path(entity): Path<String>,
+    RawQuery(query): RawQuery,
+) -> Result<Response, ApiError> {
+    let (name, policy) = entity_policy(&app, &entity)?;
+    let mut ids = Vec::new();
+    for (k, v) in form_urlencoded::parse(query.as_deref().unwrap_or("").as_bytes()) {
+        if k != "id" {
+            return Err(ApiError::BadRequest(format!(
+                "unknown query parameter {:?}",
+                truncate(&k)
+            )));
+        }
+        ids.push(EntityId::parse(&v).map_err(|e| ApiError::InvalidId(e.to_string()))?);
+    }
+    ids.sort();
+    ids.dedup();
+    if ids.is_empty() {
+        return Err(ApiError::BadRequest(
+            "give at least one id: ?id=A&id=B".into(),
+        ));
+    }
+    if ids.len() > app.max_batch_ids {
+        return Err(ApiError::BadRequest(format!(
+            "at most {} ids per request",
+            app.max_batch_ids
+        )));
+    }
+    let found = match app
+        .store
+        .get_many(&name, &ids, policy.max_staleness_ms)
+        .await
+        .map_err(|e| unavailable(&app, &name, &e))?
+    {
+        Some(found) => found,
+        None => {
+            return Err(ApiError::NotReady {
+                retry_after: app.retry_after,
+            });
+        }
+    };
+    let (body, newest) = batch_body(&ids, &found);
+    let etag = etag_of(&body);
+    let tags = app.surrogate_keys(&name, &ids);
+    Ok(representation(policy, body, etag, modified(newest), tags))
+}
+
+fn batch_body(ids: &[EntityId], found: &[Option<Entity>]) -> (Vec<u8>, i64) {
+    let mut body = Vec::with_capacity(found.iter().flatten().map(|e| e.body.len() + 16).sum());
+    let mut newest = 0;
+    body.push(b'{');
+    for (i, (id, e)) in ids.iter().zip(found).enumerate() {
+        if i > 0 {
+            body.push(b',');
+        }
+        body.push(b'"');
+        body.extend_from_slice(id.as_str().as_bytes()); // ids need no escaping
+        body.extend_from_slice(b"\":");
+        match e {
+            Some(e) => {
+                body.extend_from_slice(&e.body);
+                newest = newest.max(e.modified_ms);
+            }
+            None => body.extend_from_slice(b"null"),
         }
     }
+    body.push(b'}');
+    (body, newest)
+}
+
+/// A 200 with the body, its validators and caching headers.
+fn representation(
+    policy: &EntityPolicy,
+    body: Vec<u8>,
+    etag: String,
+    last_modified: SystemTime,
+    surrogate: Option<(header::HeaderName, HeaderValue)>,
+) -> Response {
+    let mut headers = HeaderMap::new();
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    headers.insert(header::CACHE_CONTROL, policy.cache_control.clone());
+    headers.insert(header::VARY, HeaderValue::from_static("Accept-Encoding"));
+    headers.typed_insert(LastModified::from(last_modified));
+    if let Some((name, value)) = surrogate {
+        headers.insert(name, value);
+    }
+    let mut res = (StatusCode::OK, headers, body).into_response();
+    res.extensions_mut().insert(Validators {
+        etag,
+        last_modified,
+    });
+    res
+}
+
+fn entity_policy<'a>(
+    app: &'a AppState,
+    entity: &str,
+) -> Result<(EntityName, &'a EntityPolicy), ApiError> {
+    let name = EntityName::parse(entity).map_err(|_| ApiError::UnknownEntity(truncate(entity)))?;
+    let policy = app
+        .entities
+        .get(name.as_str())
+        .ok_or_else(|| ApiError::UnknownEntity(truncate(entity)))?;
+    Ok((name, policy))
+}
+
+fn unavailable(app: &AppState, entity: &EntityName, e: &redis::RedisError) -> ApiError {
+    tracing::error!(error = %e, %entity, "Redis lookup failed");
+    ApiError::Unavailable {
+        retry_after: app.retry_after,
+    }
+}
+
+fn modified(ms: i64) -> SystemTime {
+    UNIX_EPOCH + Duration::from_millis(ms.max(0) as u64)
 }
 
 /// Liveness: the process serves HTTP.
@@ -92,6 +200,18 @@ pub async fn readyz(State(app): State<AppState>) -> Response {
     }
 }
 
+/// The OpenAPI 3.1 description of this API.
+pub async fn openapi() -> Response {
+    (
+        [(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        )],
+        include_str!("../openapi.json"),
+    )
+        .into_response()
+}
+
 /// Any other path.
 pub async fn fallback() -> ApiError {
     ApiError::NoRoute
@@ -104,11 +224,4 @@ fn path_problem(e: &PathRejection) -> String {
 
 fn truncate(s: &str) -> String {
     s.chars().take(40).collect()
-}
-
-/// Seconds since the epoch, for tests.
-pub fn unix_secs(t: SystemTime) -> u64 {
-    t.duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
 }

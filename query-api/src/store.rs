@@ -165,9 +165,7 @@ impl Store {
         if !view.ready {
             return Ok(Lookup::NotReady);
         }
-        if let Some(bound) = max_staleness_ms
-            && view.fresh_ms.is_none_or(|f| now_ms() - f > bound)
-        {
+        if stale(&view, max_staleness_ms) {
             return Ok(Lookup::NotReady);
         }
         let key = self.keys.entity(view.live_gen, entity, id);
@@ -179,11 +177,13 @@ impl Store {
             // Confirm before saying 404: the marker may have changed since the
             // last poll (flush, rebuild, generation swap).
             let now = self.refresh().await?;
-            return Ok(if now.ready && now.live_gen == view.live_gen {
-                Lookup::NotFound
-            } else {
-                Lookup::NotReady
-            });
+            return Ok(
+                if now.ready && now.live_gen == view.live_gen && !stale(&now, max_staleness_ms) {
+                    Lookup::NotFound
+                } else {
+                    Lookup::NotReady
+                },
+            );
         }
         Ok(decode_hash(&fields).map_or(Lookup::NotFound, Lookup::Found))
     }
@@ -196,9 +196,45 @@ fn now_ms() -> i64 {
         .unwrap_or(0)
 }
 
+impl Store {
+    /// Looks up several entities of one type in one round trip; `None` when
+    /// the cache is not ready (or not fresh within `max_staleness_ms`).
+    pub async fn get_many(
+        &self,
+        entity: &EntityName,
+        ids: &[EntityId],
+        max_staleness_ms: Option<i64>,
+    ) -> redis::RedisResult<Option<Vec<Option<Entity>>>> {
+        let view = self.view();
+        if !view.ready || stale(&view, max_staleness_ms) {
+            return Ok(None);
+        }
+        let mut pipe = redis::pipe();
+        for id in ids {
+            pipe.cmd("HGETALL")
+                .arg(self.keys.entity(view.live_gen, entity, id));
+        }
+        let hashes: Vec<Vec<(String, String)>> = pipe.query_async(&mut self.con.clone()).await?;
+        if hashes.iter().any(Vec::is_empty) {
+            let now = self.refresh().await?;
+            if !now.ready || now.live_gen != view.live_gen || stale(&now, max_staleness_ms) {
+                return Ok(None);
+            }
+        }
+        Ok(Some(hashes.iter().map(|h| decode_hash(h)).collect()))
+    }
+}
+
+fn stale(view: &CacheView, max_staleness_ms: Option<i64>) -> bool {
+    max_staleness_ms.is_some_and(|bound| view.fresh_ms.is_none_or(|f| now_ms() - f > bound))
+}
+
 /// Splits a hash into the body and its stored validators. `None` if the
 /// validators are missing (never written by ingest).
 fn decode_hash(fields: &[(String, String)]) -> Option<Entity> {
+    if fields.is_empty() {
+        return None;
+    }
     let mut etag = None;
     let mut modified_ms = None;
     let mut data: Vec<(&str, &str)> = Vec::with_capacity(fields.len());
