@@ -12,15 +12,17 @@ pub fn cache_control(c: &CacheControlConfig) -> HeaderValue {
         Visibility::Public => parts.push("public".into()),
     }
     parts.push(format!("max-age={}", c.max_age_secs));
+    // An optional directive set to 0 is left out (TOML has no null).
+    let set = |v: Option<u64>| v.filter(|s| *s > 0);
     if c.visibility == Visibility::Public
-        && let Some(s) = c.s_maxage_secs
+        && let Some(s) = set(c.s_maxage_secs)
     {
         parts.push(format!("s-maxage={s}"));
     }
-    if let Some(s) = c.stale_while_revalidate_secs {
+    if let Some(s) = set(c.stale_while_revalidate_secs) {
         parts.push(format!("stale-while-revalidate={s}"));
     }
-    if let Some(s) = c.stale_if_error_secs {
+    if let Some(s) = set(c.stale_if_error_secs) {
         parts.push(format!("stale-if-error={s}"));
     }
     // Directives are ASCII built from numbers and fixed words.
