@@ -228,3 +228,96 @@ async fn nginx_and_varnish_cache_hit_revalidate_with_304_and_pick_up_changes() -
     let _ = std::fs::remove_dir_all(&dir);
     Ok(())
 }
+
+/// ingest's purge hook against Varnish's xkey: a change in Kafka reaches
+/// clients of the cache long before the cached copy's s-maxage runs out.
+#[tokio::test(flavor = "multi_thread")]
+async fn ingest_purges_varnish_by_surrogate_key_when_an_entity_changes() -> Result<()> {
+    let varnish_port = free_port();
+    let extra = format!(
+        "[entities.employees.cache_control]\nvisibility = \"public\"\nmax_age_secs = 600\ns_maxage_secs = 600\n\
+         stale_while_revalidate_secs = 0\n\n[ingest.purge]\nurl = \"http://127.0.0.1:{varnish_port}/\"\n\
+         method = \"PURGE\"\nheader = \"xkey-purge\"\n"
+    );
+    let stack = Stack::start(1, &extra).await?;
+    let dir = std::env::temp_dir().join(foldcache::unique("xkey"));
+    std::fs::create_dir_all(&dir)?;
+    let vcl = format!(
+        "vcl 4.1;\nimport xkey;\nbackend default {{ .host = \"127.0.0.1\"; .port = \"{}\"; }}\n\
+         sub vcl_recv {{ if (req.method == \"PURGE\") {{\n\
+           set req.http.n-gone = xkey.purge(req.http.xkey-purge);\n\
+           return (synth(200, \"Purged \" + req.http.n-gone)); }} }}\n",
+        stack.http_port
+    );
+    std::fs::write(dir.join("xkey.vcl"), vcl)?;
+    let _varnish = Graceful(Process::spawn(
+        "varnishd",
+        Path::new("/usr/sbin/varnishd"),
+        &[
+            "-F",
+            "-a",
+            &format!("127.0.0.1:{varnish_port}"),
+            "-f",
+            &dir.join("xkey.vcl").to_string_lossy(),
+            "-n",
+            &dir.join("work").to_string_lossy(),
+            "-s",
+            "malloc,16m",
+        ],
+        &[],
+    )?);
+    // query-api names cache tags in the header xkey reads.
+    let api = foldcache::Process::spawn(
+        "query-api",
+        &foldcache::foldcache_binary("query-api")?,
+        &["--config", &stack.config_path().to_string_lossy()],
+        &[("FOLDCACHE__HTTP__SURROGATE_KEY_HEADER", "xkey")],
+    )?;
+    let _ingest = stack.spawn_ingest()?;
+    stack.wait_ready(WAIT).await?;
+    let producer = stack.producer()?;
+    stack
+        .produce(
+            &producer,
+            &stack.topics.employees,
+            Some(b"P1"),
+            Some(br#"{"name":"before"}"#),
+        )
+        .await?;
+    let url = format!("http://127.0.0.1:{varnish_port}/v1/employees/P1");
+    eventually("Varnish to serve P1", WAIT, || async {
+        let r = fetch(&url).await.ok().filter(|r| r.status() == 200);
+        Ok(match r {
+            Some(r) => r.text().await?.contains("before").then_some(()),
+            None => None,
+        })
+    })
+    .await?;
+    let hit = fetch(&url).await?;
+    assert!(hit.headers()["x-varnish"].to_str()?.contains(' '), "cached");
+
+    stack
+        .produce(
+            &producer,
+            &stack.topics.employees,
+            Some(b"P1"),
+            Some(br#"{"name":"after"}"#),
+        )
+        .await?;
+    eventually(
+        "the purge to reach Varnish (s-maxage is 600 s)",
+        Duration::from_secs(10),
+        || async {
+            Ok(fetch(&url)
+                .await?
+                .text()
+                .await?
+                .contains("after")
+                .then_some(()))
+        },
+    )
+    .await?;
+    drop(api);
+    let _ = std::fs::remove_dir_all(&dir);
+    Ok(())
+}

@@ -91,6 +91,23 @@ pub struct IngestConfig {
     pub heartbeat_interval_ms: u64,
     /// Where a newly assigned partition starts reading.
     pub resume: ResumeMode,
+    /// Optional CDN purge hook called after entities change.
+    pub purge: PurgeConfig,
+}
+
+/// A purge hook: after each fold, ingest sends `method url` with the changed
+/// entities' cache tags (`entity/id`, as query-api's surrogate-key header
+/// names them) in `header`, space-separated, at most 100 per request. Best
+/// effort: failures are logged and counted, never block the fold.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PurgeConfig {
+    /// `http://varnish:6081/` and the like; empty disables the hook.
+    pub url: String,
+    /// HTTP method (`PURGE` for Varnish xkey, `POST` for most CDNs' APIs).
+    pub method: String,
+    /// Header carrying the tags (`xkey-purge`, `Surrogate-Key`, ...).
+    pub header: String,
 }
 
 /// Where a newly assigned partition starts reading. Either way, records
@@ -269,6 +286,11 @@ impl Default for Config {
                 admin_listen: ([127, 0, 0, 1], 9600).into(),
                 heartbeat_interval_ms: 1000,
                 resume: ResumeMode::Replay,
+                purge: PurgeConfig {
+                    url: String::new(),
+                    method: "PURGE".into(),
+                    header: "xkey-purge".into(),
+                },
             },
             http: HttpConfig {
                 listen: ([127, 0, 0, 1], 8080).into(),

@@ -174,6 +174,8 @@ pub struct Ingest {
     ready: watch::Sender<bool>,
     /// Random id of this process, for its heartbeat.
     instance: String,
+    /// CDN purge hook.
+    purger: std::sync::OnceLock<crate::purge::Purger>,
 }
 
 impl Ingest {
@@ -192,6 +194,7 @@ impl Ingest {
             config,
             ready: watch::channel(false).0,
             instance: format!("{:016x}", rand::random::<u64>()),
+            purger: std::sync::OnceLock::new(),
         })
     }
 
@@ -208,6 +211,8 @@ impl Ingest {
             c = self.connect() => c,
             () = &mut shutdown => return Ok(()),
         };
+        let purger = crate::purge::Purger::start(&self.config.ingest.purge)?;
+        let _ = self.purger.set(purger);
         let refresher = tokio::spawn(
             crate::ttl_refresh::TtlRefresher::new(&self.config, &self.instance).run(con.clone()),
         );
@@ -527,6 +532,9 @@ impl Ingest {
                     let _ = consumer.store_offset(pb.topic(), pb.partition(), pb.next_offset());
                 }
             }
+        }
+        if let Some(p) = self.purger.get().filter(|p| p.enabled()) {
+            p.purge(partitions.iter().flat_map(PartitionBatch::tags).collect());
         }
         for (pb, o) in partitions.iter().zip(&outcome) {
             let entity = self

@@ -156,6 +156,20 @@ impl PartitionBatch {
         self.next_offset
     }
 
+    /// Cache tags (`entity/id`) of the entities this batch writes, as
+    /// query-api's surrogate-key header names them.
+    pub fn tags(&self) -> Vec<String> {
+        self.writes
+            .keys()
+            .filter_map(|key| {
+                // `{prefix}:g{gen}:{entity}:{id}`: ids and names have no ':'.
+                let mut parts = key.rsplitn(3, ':');
+                let (id, entity) = (parts.next()?, parts.next()?);
+                Some(format!("{entity}/{id}"))
+            })
+            .collect()
+    }
+
     /// Distinct keys to write.
     pub fn len(&self) -> usize {
         self.writes.len()

@@ -12,6 +12,7 @@
 //! - [`cache_state`]: the cache marker (epoch, generation, readiness,
 //!   heartbeat) that tells ingest when Redis lost its data.
 //! - [`ttl_refresh`]: keeps live entities from expiring while ingest runs.
+//! - [`purge`]: the optional CDN purge hook.
 //! - [`admin`]: `/metrics`, `/healthz`, `/readyz`.
 //! - [`generate`], [`produce`], [`topics`]: the demo data set and tooling.
 
@@ -24,6 +25,7 @@ pub mod fold;
 pub mod generate;
 pub mod produce;
 pub mod progress;
+pub mod purge;
 pub mod source;
 pub mod topics;
 pub mod ttl_refresh;

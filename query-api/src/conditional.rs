@@ -17,10 +17,11 @@
 //! `Last-Modified` and `Date`.
 
 use crate::error::ApiError;
+use axum::body::HttpBody as _;
 use axum::extract::Request;
 use axum::http::header::{
-    CACHE_CONTROL, CONTENT_ENCODING, ETAG, IF_MATCH, IF_MODIFIED_SINCE, IF_NONE_MATCH,
-    IF_UNMODIFIED_SINCE, LAST_MODIFIED, VARY,
+    CACHE_CONTROL, CONTENT_ENCODING, CONTENT_LENGTH, ETAG, IF_MATCH, IF_MODIFIED_SINCE,
+    IF_NONE_MATCH, IF_UNMODIFIED_SINCE, LAST_MODIFIED, VARY,
 };
 use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
 use axum::middleware::Next;
@@ -119,7 +120,19 @@ pub async fn layer(req: Request, next: Next) -> Response {
     match evaluate(&conditions, &etag, v.last_modified) {
         Outcome::Proceed => res,
         Outcome::PreconditionFailed => ApiError::PreconditionFailed.into_response(),
-        Outcome::NotModified => not_modified(res.headers()),
+        Outcome::NotModified => {
+            let len = res.body().size_hint().exact();
+            let mut nm = not_modified(res.headers());
+            // RFC 9110 §8.6: a Content-Length on a 304 must be the 200's.
+            // Without it, a HEAD 304 would go out as `Content-Length: 0`.
+            if let Some(len) = len
+                && !res.headers().contains_key(CONTENT_ENCODING)
+            {
+                nm.headers_mut()
+                    .insert(CONTENT_LENGTH, HeaderValue::from(len));
+            }
+            nm
+        }
     }
 }
 
@@ -142,13 +155,12 @@ mod tests {
     #[test]
     fn tags_name_one_byte_sequence_each() {
         let gz = HeaderValue::from_static("gzip");
-        assert_eq!(
-            representation_etag("abc", None).unwrap().to_string(),
-            "\"abc\""
-        );
-        assert_eq!(
-            representation_etag("abc", Some(&gz)).unwrap().to_string(),
-            "\"abc-gzip\""
-        );
+        let tag = |enc| {
+            let mut h = HeaderMap::new();
+            h.typed_insert(representation_etag("abc", enc).unwrap());
+            h[ETAG].to_str().unwrap().to_owned()
+        };
+        assert_eq!(tag(None), "\"abc\"");
+        assert_eq!(tag(Some(&gz)), "\"abc-gzip\"");
     }
 }
