@@ -529,3 +529,17 @@ async fn unknown_paths_are_problem_json() -> Result<()> {
     assert_eq!(r.header("content-type"), Some("application/problem+json"));
     Ok(())
 }
+
+#[tokio::test]
+async fn other_methods_and_huge_headers_get_problem_json() -> Result<()> {
+    let f = ready().await?;
+    let r = send(&f.app, Method::POST, "/v1/employees/E1", &[]).await?;
+    assert_eq!(r.status, StatusCode::METHOD_NOT_ALLOWED);
+    assert_eq!(r.header("allow"), Some("GET, HEAD"));
+    assert_eq!(r.header("content-type"), Some("application/problem+json"));
+    let big = "x".repeat(20 * 1024);
+    let r = get(&f.app, "/v1/employees/E1", &[("x-big", &big)]).await?;
+    assert_eq!(r.status, StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE);
+    assert_eq!(r.header("content-type"), Some("application/problem+json"));
+    Ok(())
+}

@@ -43,6 +43,15 @@ pub enum ApiError {
     /// No route matched.
     #[error("no such resource")]
     NoRoute,
+    /// Only GET and HEAD are served.
+    #[error("method not allowed")]
+    MethodNotAllowed,
+    /// The request's header section is larger than allowed.
+    #[error("request headers too large")]
+    HeadersTooLarge {
+        /// The limit in bytes.
+        limit: usize,
+    },
 }
 
 #[derive(Serialize)]
@@ -81,6 +90,16 @@ impl ApiError {
                 "Backend unavailable",
             ),
             ApiError::NoRoute => (StatusCode::NOT_FOUND, "no-route", "No such resource"),
+            ApiError::MethodNotAllowed => (
+                StatusCode::METHOD_NOT_ALLOWED,
+                "method-not-allowed",
+                "Method not allowed",
+            ),
+            ApiError::HeadersTooLarge { .. } => (
+                StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+                "headers-too-large",
+                "Request header fields too large",
+            ),
         }
     }
 
@@ -98,6 +117,10 @@ impl ApiError {
             }
             ApiError::Unavailable { .. } => "the cache backend is unreachable; retry later".into(),
             ApiError::NoRoute => "see /openapi.json for the API".into(),
+            ApiError::MethodNotAllowed => "only GET and HEAD are served".into(),
+            ApiError::HeadersTooLarge { limit } => {
+                format!("the request's header fields exceed {limit} bytes")
+            }
         }
     }
 }
@@ -124,6 +147,9 @@ impl IntoResponse for ApiError {
         };
         if let Ok(v) = HeaderValue::from_str(&cache) {
             h.insert(header::CACHE_CONTROL, v);
+        }
+        if matches!(self, ApiError::MethodNotAllowed) {
+            h.insert(header::ALLOW, HeaderValue::from_static("GET, HEAD"));
         }
         if let ApiError::NotReady { retry_after } | ApiError::Unavailable { retry_after } = self {
             h.insert(header::RETRY_AFTER, HeaderValue::from(retry_after));

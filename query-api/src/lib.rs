@@ -125,6 +125,7 @@ pub fn router(state: AppState, compression: bool) -> Router {
         .route("/readyz", get(routes::readyz))
         .route("/openapi.json", get(routes::openapi))
         .fallback(routes::fallback)
+        .method_not_allowed_fallback(|| async { error::ApiError::MethodNotAllowed })
         .with_state(state);
     if compression {
         app = app.layer(
@@ -136,7 +137,26 @@ pub fn router(state: AppState, compression: bool) -> Router {
         );
     }
     app.layer(middleware::from_fn(conditional::layer))
+        .layer(middleware::from_fn(limit_headers))
         .layer(middleware::from_fn(track_metrics))
+}
+
+/// Largest header section accepted, in bytes (names + values).
+pub const MAX_HEADER_BYTES: usize = 16 * 1024;
+
+/// Refuses oversized header sections with a 431 problem+json.
+async fn limit_headers(req: Request, next: Next) -> Response {
+    let size: usize = req
+        .headers()
+        .iter()
+        .map(|(k, v)| k.as_str().len() + v.len() + 4)
+        .sum();
+    if size > MAX_HEADER_BYTES {
+        return axum::response::IntoResponse::into_response(error::ApiError::HeadersTooLarge {
+            limit: MAX_HEADER_BYTES,
+        });
+    }
+    next.run(req).await
 }
 
 /// Records request counts and latency by route template and status.
