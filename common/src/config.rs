@@ -93,6 +93,13 @@ pub struct IngestConfig {
     pub resume: ResumeMode,
     /// Optional CDN purge hook called after entities change.
     pub purge: PurgeConfig,
+    /// After a rebuild's swap, the old generation keeps being folded this
+    /// long (query-api instances move to the new one within one
+    /// `http.state_poll_ms`), then its keys are removed.
+    pub rebuild_retire_grace_ms: u64,
+    /// Bearer token of `POST /admin/rebuild` on `admin_listen`. Unset: the
+    /// endpoint refuses every request (use the `ingest rebuild` CLI).
+    pub admin_token: Option<Secret<String>>,
 }
 
 /// A purge hook: after each fold, ingest sends `method url` with the changed
@@ -291,6 +298,8 @@ impl Default for Config {
                     method: "PURGE".into(),
                     header: "xkey-purge".into(),
                 },
+                rebuild_retire_grace_ms: 5000,
+                admin_token: None,
             },
             http: HttpConfig {
                 listen: ([127, 0, 0, 1], 8080).into(),

@@ -5,6 +5,8 @@
 //! {prefix}:instances                  hash  ingest instance -> liveness and freshness
 //! {prefix}:ttl_refresh_lock           string  elects the instance that refreshes TTLs
 //! {prefix}:g{gen}:offsets             hash  "{topic}/{partition}" -> next offset to fold
+//! {prefix}:g{gen}:targets             hash  "{topic}/{partition}" -> end offset a build
+//!                                           first saw (progress target)
 //! {prefix}:g{gen}:caught_up           hash  "{topic}/{partition}" -> offset at which the
 //!                                           partition was first seen at its end
 //! {prefix}:g{gen}:{entity}:{id}       hash  one entity: its top-level JSON members
@@ -38,6 +40,16 @@ pub mod state_field {
     pub const READY: &str = "ready";
     /// Milliseconds since the epoch of ingest's last heartbeat.
     pub const HEARTBEAT_MS: &str = "heartbeat_ms";
+    /// The generation being built by an on-demand rebuild, if any.
+    pub const BUILD_GEN: &str = "build_gen";
+    /// When that build was requested (ms).
+    pub const BUILD_STARTED_MS: &str = "build_started_ms";
+    /// Highest generation number ever handed out (never reused).
+    pub const MAX_GEN: &str = "max_gen";
+    /// The generation replaced by the last swap, until its keys are removed.
+    pub const RETIRED_GEN: &str = "retired_gen";
+    /// When the retired generation stops being folded (ms).
+    pub const RETIRE_AT_MS: &str = "retire_at_ms";
 }
 
 /// Builds keys under one prefix.
@@ -78,6 +90,12 @@ impl KeySpace {
     /// Next offset to fold per `{topic}/{partition}`, for one generation.
     pub fn offsets(&self, generation: u64) -> String {
         format!("{}:g{generation}:offsets", self.prefix)
+    }
+
+    /// Per `{topic}/{partition}`: the end a build first saw (its progress
+    /// target), for one generation being built.
+    pub fn targets(&self, generation: u64) -> String {
+        format!("{}:g{generation}:targets", self.prefix)
     }
 
     /// Partitions that reached their end at least once, for one generation.

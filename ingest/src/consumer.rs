@@ -10,15 +10,17 @@
 //! ListOffsets is never used, because Tansu 0.6.0 answers it with the last
 //! batch's base offset + 1.
 
-use crate::cache_state::{CacheState, EpochLost, StateStore};
+use crate::cache_state::{EpochLost, StateStore};
 use crate::dead_letter::{DeadLetter, DeadLetters};
 use crate::decode::{Decoded, decode};
 use crate::fold::{FoldError, Folder, PartitionBatch};
 use crate::progress::{FetchView, Progress, Tp};
+use crate::rebuild::Rebuilds;
 use crate::source::Sources;
 use anyhow::Context as _;
 use foldcache_common::config::{Config, ResumeMode};
-use foldcache_common::keys::{InstanceBeat, KeySpace};
+use foldcache_common::keys::{InstanceBeat, KeySpace, state_field};
+use futures::StreamExt as _;
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, Rebalance, StreamConsumer};
 use rdkafka::error::KafkaError;
@@ -33,6 +35,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
 
 /// State shared between the consume loop and librdkafka's callbacks.
 #[derive(Debug)]
@@ -155,11 +158,57 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
+/// What a flush did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Flushed {
+    Ok,
+    EpochLost,
+    Retired,
+}
+
 /// Why a consume loop ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Exit {
     Shutdown,
     EpochLost,
+    /// Its generation was replaced by a rebuild and its grace is over.
+    Retired,
+}
+
+/// The generation a consumer writes, under which epoch.
+#[derive(Debug, Clone)]
+struct Gen {
+    epoch: String,
+    generation: u64,
+}
+
+/// What a consumer's generation is right now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Role {
+    Live,
+    Build,
+    Retired,
+}
+
+/// The generations named by the cache marker.
+#[derive(Debug, Clone, Copy)]
+struct Generations {
+    live: u64,
+    build: Option<u64>,
+    retired: Option<(u64, i64)>,
+}
+
+impl Generations {
+    fn role_of(&self, generation: u64) -> Role {
+        if generation == self.live {
+            Role::Live
+        } else if Some(generation) == self.build {
+            Role::Build
+        } else {
+            // Replaced by a swap, or a build that is no longer wanted.
+            Role::Retired
+        }
+    }
 }
 
 /// A running ingest: configuration plus the long-lived clients.
@@ -176,6 +225,8 @@ pub struct Ingest {
     instance: String,
     /// CDN purge hook.
     purger: std::sync::OnceLock<crate::purge::Purger>,
+    /// Rebuild protocol.
+    rebuilds: Rebuilds,
 }
 
 impl Ingest {
@@ -188,6 +239,7 @@ impl Ingest {
         Ok(Self {
             folder: Folder::new(keys.clone()),
             state: StateStore::new(keys.clone()),
+            rebuilds: Rebuilds::new(keys.clone()),
             sources,
             keys,
             redis,
@@ -198,15 +250,31 @@ impl Ingest {
         })
     }
 
+    /// The rebuild protocol (for the admin endpoint).
+    pub fn rebuilds(&self) -> &Rebuilds {
+        &self.rebuilds
+    }
+
+    /// The Redis client (for the admin endpoint).
+    pub fn redis(&self) -> &redis::Client {
+        &self.redis
+    }
+
     /// Whether the cache is ready (for `/readyz`).
     pub fn ready(&self) -> watch::Receiver<bool> {
         self.ready.subscribe()
     }
 
-    /// Runs until `shutdown` resolves: drains the current batch, stores its
-    /// offsets, and returns.
+    /// Runs until `shutdown` resolves: drains the current batches, stores
+    /// their offsets, and returns.
+    ///
+    /// One consumer runs per generation this instance serves: the live one,
+    /// and during an on-demand rebuild the one being built (see
+    /// [`crate::rebuild`]). If Redis loses the epoch, every consumer stops and
+    /// the cache is initialised anew.
     pub async fn run(&self, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
         tokio::pin!(shutdown);
+        let shutdown_token = CancellationToken::new();
         let mut con = tokio::select! {
             c = self.connect() => c,
             () = &mut shutdown => return Ok(()),
@@ -227,22 +295,134 @@ impl Ingest {
             };
             tracing::info!(epoch = %state.epoch, generation = state.live_gen, ready = state.ready, "cache state");
             self.ready.send_replace(state.ready);
-            match self.consume(&state, &mut con, &mut shutdown).await? {
-                Exit::Shutdown => {
-                    if let Err(e) = self.state.retire(&mut con, &self.instance, now_ms()).await {
-                        tracing::warn!(error = %e, "removing this instance's heartbeat failed");
+            let epoch_token = shutdown_token.child_token();
+            let mut running = futures::stream::FuturesUnordered::new();
+            let mut serving: HashSet<u64> = HashSet::new();
+            let consumer_con = con.clone();
+            let spawn = |generation: u64| {
+                let g = Gen {
+                    epoch: state.epoch.clone(),
+                    generation,
+                };
+                let token = epoch_token.clone();
+                let con = consumer_con.clone();
+                async move { (generation, self.consume(g, con, token).await) }
+            };
+            running.push(spawn(state.live_gen));
+            serving.insert(state.live_gen);
+            let mut watch = tokio::time::interval(Duration::from_millis(500));
+            let mut lost = false;
+            let mut shutting_down = false;
+            while !running.is_empty() {
+                tokio::select! {
+                    () = &mut shutdown, if !shutting_down => {
+                        shutting_down = true;
+                        shutdown_token.cancel();
                     }
-                    return Ok(());
-                }
-                Exit::EpochLost => {
-                    tracing::warn!(
-                        "Redis lost foldcache's data (cache epoch gone): replaying every topic from offset zero"
-                    );
-                    metrics::counter!("foldcache_ingest_redis_losses_total").increment(1);
-                    self.ready.send_replace(false);
+                    Some((generation, exit)) = running.next() => {
+                        serving.remove(&generation);
+                        match exit? {
+                            Exit::EpochLost => {
+                                lost = true;
+                                epoch_token.cancel();
+                            }
+                            Exit::Retired => tracing::info!(generation, "generation retired: its consumer stopped"),
+                            Exit::Shutdown => {}
+                        }
+                    }
+                    _ = watch.tick(), if !shutting_down && !lost => {
+                        match self.generations(&mut con).await {
+                            Ok(g) => {
+                                for generation in [Some(g.live), g.build].into_iter().flatten() {
+                                    if serving.insert(generation) {
+                                        tracing::info!(generation, "starting a consumer for generation");
+                                        running.push(spawn(generation));
+                                    }
+                                }
+                                if let Some((retired, at)) = g.retired
+                                    && now_ms() > at + 1000
+                                    && !serving.contains(&retired)
+                                {
+                                    self.remove_retired(&mut con, retired).await;
+                                }
+                            }
+                            Err(e) => tracing::warn!(error = %e, "reading generations failed"),
+                        }
+                    }
                 }
             }
+            if shutting_down {
+                if let Err(e) = self.state.retire(&mut con, &self.instance, now_ms()).await {
+                    tracing::warn!(error = %e, "removing this instance's heartbeat failed");
+                }
+                return Ok(());
+            }
+            if lost {
+                tracing::warn!(
+                    "Redis lost foldcache's data (cache epoch gone): replaying every topic from offset zero"
+                );
+                metrics::counter!("foldcache_ingest_redis_losses_total").increment(1);
+                self.ready.send_replace(false);
+            }
+            // Otherwise every consumer retired at once (a swap raced a
+            // restart): start over from the marker.
         }
+    }
+
+    /// Live, building and retired generations, from the cache marker.
+    async fn generations(
+        &self,
+        con: &mut redis::aio::ConnectionManager,
+    ) -> redis::RedisResult<Generations> {
+        let (live, build, retired, retire_at): (
+            Option<u64>,
+            Option<u64>,
+            Option<u64>,
+            Option<i64>,
+        ) = redis::cmd("HMGET")
+            .arg(self.keys.state())
+            .arg(state_field::LIVE_GEN)
+            .arg(state_field::BUILD_GEN)
+            .arg(state_field::RETIRED_GEN)
+            .arg(state_field::RETIRE_AT_MS)
+            .query_async(con)
+            .await?;
+        Ok(Generations {
+            live: live.unwrap_or(0),
+            build,
+            retired: retired.zip(retire_at),
+        })
+    }
+
+    /// Removes a retired generation's keys (one instance, elected by a lock).
+    async fn remove_retired(&self, con: &mut redis::aio::ConnectionManager, generation: u64) {
+        let lock = format!("{}:cleanup_lock", self.keys.prefix());
+        let won: redis::RedisResult<Option<String>> = redis::cmd("SET")
+            .arg(&lock)
+            .arg(&self.instance)
+            .arg("NX")
+            .arg("PX")
+            .arg(60_000)
+            .query_async(con)
+            .await;
+        if !matches!(won, Ok(Some(_))) {
+            return;
+        }
+        match self.rebuilds.remove_generation(con, generation).await {
+            Ok(n) => {
+                tracing::info!(generation, keys = n, "retired generation removed");
+                let _: redis::RedisResult<()> = redis::cmd("HDEL")
+                    .arg(self.keys.state())
+                    .arg(state_field::RETIRED_GEN)
+                    .arg(state_field::RETIRE_AT_MS)
+                    .query_async(con)
+                    .await;
+            }
+            Err(e) => {
+                tracing::warn!(generation, error = %e, "removing a retired generation failed")
+            }
+        }
+        let _: redis::RedisResult<()> = redis::cmd("DEL").arg(&lock).query_async(con).await;
     }
 
     async fn connect(&self) -> redis::aio::ConnectionManager {
@@ -252,22 +432,27 @@ impl Ingest {
         .await
     }
 
-    fn consumer(&self, state: &CacheState) -> anyhow::Result<Arc<StreamConsumer<IngestContext>>> {
+    fn consumer(&self, g: &Gen) -> anyhow::Result<Arc<StreamConsumer<IngestContext>>> {
         let ctx = IngestContext {
             state: self.state.clone(),
             redis: self.redis.clone(),
-            generation: state.live_gen,
+            generation: g.generation,
             resume: self.config.ingest.resume,
             progress: Mutex::new(Progress::default()),
             assign_failed: AtomicBool::new(false),
         };
         let mut cc = kafka_client_config(&self.config);
-        cc.set("group.id", &self.config.kafka.group_id)
-            .set("enable.auto.commit", "true")
-            .set("enable.auto.offset.store", "false")
-            .set("auto.offset.reset", "earliest")
-            .set("enable.partition.eof", "false")
-            .set("statistics.interval.ms", "200");
+        // One group per generation: during a rebuild an instance runs two
+        // consumers that must each get every partition.
+        cc.set(
+            "group.id",
+            format!("{}-g{}", self.config.kafka.group_id, g.generation),
+        )
+        .set("enable.auto.commit", "true")
+        .set("enable.auto.offset.store", "false")
+        .set("auto.offset.reset", "earliest")
+        .set("enable.partition.eof", "false")
+        .set("statistics.interval.ms", "200");
         let consumer: StreamConsumer<IngestContext> = cc
             .create_with_context(ctx)
             .context("creating the Kafka consumer")?;
@@ -277,14 +462,21 @@ impl Ingest {
         Ok(Arc::new(consumer))
     }
 
-    /// One consumer's life: until shutdown or until Redis loses our epoch.
+    /// One generation's consumer: until shutdown, until Redis loses the
+    /// epoch, or until its generation is retired.
+    ///
+    /// Its role follows the cache marker, read every tick: the live
+    /// generation heartbeats and marks readiness; the generation being built
+    /// records its progress and tries the swap (and so becomes live without a
+    /// restart); a retired generation keeps folding until its grace ends.
     async fn consume(
         &self,
-        state: &CacheState,
-        con: &mut redis::aio::ConnectionManager,
-        shutdown: &mut std::pin::Pin<&mut impl Future<Output = ()>>,
+        g: Gen,
+        mut con: redis::aio::ConnectionManager,
+        cancel: CancellationToken,
     ) -> anyhow::Result<Exit> {
-        let consumer = self.consumer(state)?;
+        let con = &mut con;
+        let consumer = self.consumer(&g)?;
         let dead = DeadLetters::new(
             kafka_client_config(&self.config)
                 .set("linger.ms", "5")
@@ -295,16 +487,17 @@ impl Ingest {
         let ingest_cfg = &self.config.ingest;
         let linger = Duration::from_millis(ingest_cfg.batch_linger_ms);
         let mut batch = Batch::default();
-        let mut ready = state.ready;
         let mut all_partitions: Vec<Tp> = Vec::new();
         let mut partitions_checked = Instant::now() - Duration::from_secs(3600);
         let mut marked: HashSet<Tp> = HashSet::new();
+        let mut targeted: HashSet<Tp> = HashSet::new();
         let mut tick = tokio::time::interval(Duration::from_millis(
             ingest_cfg.heartbeat_interval_ms.clamp(50, 200),
         ));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut last_heartbeat = Instant::now() - Duration::from_secs(3600);
         let heartbeat_every = Duration::from_millis(ingest_cfg.heartbeat_interval_ms);
+        let mut ready = false;
 
         let exit = loop {
             if consumer.context().assign_failed.load(Ordering::SeqCst) {
@@ -315,27 +508,43 @@ impl Ingest {
                 .map(|s| tokio::time::Instant::from_std(s + linger));
             tokio::select! {
                 biased;
-                () = &mut *shutdown => break Exit::Shutdown,
+                () = cancel.cancelled() => break Exit::Shutdown,
                 () = async { tokio::time::sleep_until(deadline.unwrap_or_else(tokio::time::Instant::now)).await },
                     if deadline.is_some() =>
                 {
-                    if self.flush(&consumer, &dead, con, state, &mut batch).await? == Some(EpochLost) {
-                        break Exit::EpochLost;
+                    match self.flush(&consumer, &dead, con, &g, &mut batch).await? {
+                        Flushed::Ok => {}
+                        Flushed::EpochLost => break Exit::EpochLost,
+                        Flushed::Retired => break Exit::Retired,
                     }
                 }
                 msg = consumer.recv(), if batch.records < ingest_cfg.batch_max_events => {
                     match msg {
-                        Ok(m) => self.add(consumer.context(), &mut batch, state, &m),
+                        Ok(m) => self.add(consumer.context(), &mut batch, &g, &m),
                         Err(e) => log_kafka_error(&e),
                     }
-                    if batch.records >= ingest_cfg.batch_max_events
-                        && self.flush(&consumer, &dead, con, state, &mut batch).await? == Some(EpochLost)
-                    {
-                        break Exit::EpochLost;
+                    if batch.records >= ingest_cfg.batch_max_events {
+                        match self.flush(&consumer, &dead, con, &g, &mut batch).await? {
+                            Flushed::Ok => {}
+                            Flushed::EpochLost => break Exit::EpochLost,
+                            Flushed::Retired => break Exit::Retired,
+                        }
                     }
                 }
                 _ = tick.tick() => {
-                    if last_heartbeat.elapsed() >= heartbeat_every {
+                    let gens = match self.generations(con).await {
+                        Ok(gens) => gens,
+                        Err(e) => {
+                            tracing::warn!(error = %e, "reading the cache marker failed");
+                            continue;
+                        }
+                    };
+                    let role = gens.role_of(g.generation);
+                    if role == Role::Retired {
+                        // Frozen since the swap (the fold script refuses it).
+                        break Exit::Retired;
+                    }
+                    if role == Role::Live && last_heartbeat.elapsed() >= heartbeat_every {
                         last_heartbeat = Instant::now();
                         let now = now_ms();
                         let beat = InstanceBeat {
@@ -343,7 +552,7 @@ impl Ingest {
                             fresh_ms: lock(&consumer.context().progress).fresh_ms(now),
                             interval_ms: heartbeat_every.as_millis() as i64,
                         };
-                        match self.state.heartbeat(&mut con.clone(), &state.epoch, &self.instance, beat).await {
+                        match self.state.heartbeat(&mut con.clone(), &g.epoch, &self.instance, beat).await {
                             Ok(Err(EpochLost)) => break Exit::EpochLost,
                             Ok(Ok(())) => {}
                             Err(e) => tracing::warn!(error = %e, "heartbeat failed"),
@@ -353,45 +562,84 @@ impl Ingest {
                             metrics::gauge!("foldcache_ingest_partition_lag", "topic" => t, "partition" => p.to_string()).set(lag as f64);
                         }
                     }
-                    if !ready {
-                        if partitions_checked.elapsed() > Duration::from_secs(5) || all_partitions.is_empty() {
-                            all_partitions = self.all_partitions(&consumer).await.unwrap_or_default();
-                            partitions_checked = Instant::now();
-                        }
-                        let newly: Vec<_> = consumer.context().caught_up().into_iter()
-                            .filter(|(t, p, _)| !marked.contains(&(t.clone(), *p)))
+                    if role == Role::Live && ready {
+                        continue;
+                    }
+                    if partitions_checked.elapsed() > Duration::from_secs(5) || all_partitions.is_empty() {
+                        all_partitions = self.all_partitions(&consumer).await.unwrap_or_default();
+                        partitions_checked = Instant::now();
+                    }
+                    if all_partitions.is_empty() {
+                        continue;
+                    }
+                    let newly: Vec<_> = consumer.context().caught_up().into_iter()
+                        .filter(|(t, p, _)| !marked.contains(&(t.clone(), *p)))
+                        .collect();
+                    let outcome = if role == Role::Live {
+                        self.state.record_caught_up(&mut con.clone(), &g.epoch, g.generation, &newly, &all_partitions).await
+                    } else {
+                        let targets: Vec<(String, i32, i64)> = lock(&consumer.context().progress)
+                            .targets()
+                            .into_iter()
+                            .filter(|((t, p), _)| !targeted.contains(&(t.clone(), *p)))
+                            .map(|((t, p), hi)| (t, p, hi))
                             .collect();
-                        if all_partitions.is_empty() { continue; }
-                        match self.state.record_caught_up(&mut con.clone(), &state.epoch, state.live_gen, &newly, &all_partitions).await {
-                            Ok(Err(EpochLost)) => break Exit::EpochLost,
-                            Ok(Ok(now_ready)) => {
-                                for (t, p, off) in newly {
-                                    tracing::info!(topic = %t, partition = p, offset = off, "partition caught up");
-                                    marked.insert((t, p));
-                                }
-                                if now_ready {
-                                    tracing::info!(generation = state.live_gen, "cache ready: every partition has caught up");
-                                    ready = true;
-                                    self.ready.send_replace(true);
-                                }
-                            }
-                            Err(e) => tracing::warn!(error = %e, "recording caught-up partitions failed"),
+                        let r = self.rebuilds.try_swap(
+                            &mut con.clone(), &g.epoch, g.generation, gens.live, now_ms(),
+                            ingest_cfg.rebuild_retire_grace_ms, &newly, &targets, &all_partitions,
+                        ).await;
+                        if r.is_ok() {
+                            targeted.extend(targets.into_iter().map(|(t, p, _)| (t, p)));
                         }
+                        self.build_metrics(con, g.generation).await;
+                        r
+                    };
+                    match outcome {
+                        Ok(Err(EpochLost)) => break Exit::EpochLost,
+                        Ok(Ok(done)) => {
+                            for (t, p, off) in newly {
+                                tracing::info!(topic = %t, partition = p, offset = off, generation = g.generation, "partition caught up");
+                                marked.insert((t, p));
+                            }
+                            if done && role == Role::Live {
+                                tracing::info!(generation = g.generation, "cache ready: every partition has caught up");
+                                ready = true;
+                                self.ready.send_replace(true);
+                            } else if done {
+                                tracing::info!(generation = g.generation, retired = gens.live, "rebuild complete: readers switched to the new generation");
+                                metrics::counter!("foldcache_rebuilds_total", "outcome" => "swapped").increment(1);
+                                ready = true;
+                                self.ready.send_replace(true);
+                            }
+                        }
+                        Err(e) => tracing::warn!(error = %e, "recording caught-up partitions failed"),
                     }
                 }
             }
         };
-        if exit == Exit::Shutdown {
+        if exit != Exit::EpochLost {
             tracing::info!(
                 records = batch.records,
-                "shutting down: folding the last batch"
+                generation = g.generation,
+                "stopping: folding the last batch"
             );
-            self.flush(&consumer, &dead, con, state, &mut batch).await?;
+            self.flush(&consumer, &dead, con, &g, &mut batch).await?;
             if let Err(e) = consumer.commit_consumer_state(rdkafka::consumer::CommitMode::Async) {
                 tracing::debug!(error = %e, "final offset commit (mirror) failed");
             }
         }
         Ok(exit)
+    }
+
+    /// Prometheus gauges of a running build.
+    async fn build_metrics(&self, con: &mut redis::aio::ConnectionManager, generation: u64) {
+        if let Ok(p) = self.rebuilds.progress(con).await
+            && p.generation == Some(generation)
+        {
+            metrics::gauge!("foldcache_rebuild_generation").set(generation as f64);
+            metrics::gauge!("foldcache_rebuild_done_offsets").set(p.done as f64);
+            metrics::gauge!("foldcache_rebuild_target_offsets").set(p.target as f64);
+        }
     }
 
     /// Every partition of every source topic, from broker metadata.
@@ -423,13 +671,7 @@ impl Ingest {
         .await?
     }
 
-    fn add(
-        &self,
-        ctx: &IngestContext,
-        batch: &mut Batch,
-        state: &CacheState,
-        m: &BorrowedMessage<'_>,
-    ) {
+    fn add(&self, ctx: &IngestContext, batch: &mut Batch, g: &Gen, m: &BorrowedMessage<'_>) {
         let topic = m.topic();
         let Some(source) = self.sources.get(topic) else {
             return;
@@ -462,7 +704,7 @@ impl Ingest {
                 metrics::counter!("foldcache_ingest_records_total", "entity" => source.entity.to_string(), "kind" => kind).increment(1);
                 pb.push(
                     &self.keys,
-                    state.live_gen,
+                    g.generation,
                     source,
                     offset,
                     timestamp_ms(m.timestamp()),
@@ -485,18 +727,18 @@ impl Ingest {
     }
 
     /// Dead-letters, folds and stores offsets for the batch, retrying Redis
-    /// until it answers. Returns `Some(EpochLost)` if Redis lost our data.
+    /// until it answers.
     async fn flush(
         &self,
         consumer: &StreamConsumer<IngestContext>,
         dead: &DeadLetters,
         con: &mut redis::aio::ConnectionManager,
-        state: &CacheState,
+        g: &Gen,
         batch: &mut Batch,
-    ) -> anyhow::Result<Option<EpochLost>> {
+    ) -> anyhow::Result<Flushed> {
         if batch.records == 0 {
             batch.started = None;
-            return Ok(None);
+            return Ok(Flushed::Ok);
         }
         let started = Instant::now();
         dead.send_all(&batch.dead).await;
@@ -507,13 +749,17 @@ impl Ingest {
         let outcome = loop {
             match self
                 .folder
-                .fold(con, &state.epoch, state.live_gen, &partitions)
+                .fold(con, &g.epoch, g.generation, &partitions)
                 .await
             {
                 Ok(o) => break o,
                 Err(FoldError::EpochChanged) => {
                     *batch = Batch::default();
-                    return Ok(Some(EpochLost));
+                    return Ok(Flushed::EpochLost);
+                }
+                Err(FoldError::Retired) => {
+                    *batch = Batch::default();
+                    return Ok(Flushed::Retired);
                 }
                 Err(FoldError::Redis(e)) => {
                     tracing::error!(error = %e, retry_in_ms = backoff.as_millis() as u64, "folding a batch into Redis failed");
@@ -559,7 +805,7 @@ impl Ingest {
             "batch folded"
         );
         *batch = Batch::default();
-        Ok(None)
+        Ok(Flushed::Ok)
     }
 }
 

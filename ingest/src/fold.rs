@@ -26,15 +26,22 @@ use thiserror::Error;
 const FOLD_LUA: &str = r"
 -- KEYS[1] state hash, KEYS[2] offsets hash, KEYS[3..] entity hashes
 -- ARGV[1] epoch, ARGV[2] partition field, ARGV[3] next offset after the batch,
+-- ARGV[4] 'epoch', ARGV[5] generation,
 -- then per entity key: offset, ttl_ms, nfields (-1 = delete), name, value, ...
 if redis.call('HGET', KEYS[1], ARGV[4]) ~= ARGV[1] then
   return {-1, 0, 0}
+end
+-- A generation replaced by a rebuild is frozen at the swap: readers that
+-- have not switched yet never see it move ahead of the new one.
+if redis.call('HGET', KEYS[1], 'live_gen') ~= ARGV[5]
+   and redis.call('HGET', KEYS[1], 'build_gen') ~= ARGV[5] then
+  return {-2, 0, 0}
 end
 local stored = redis.call('HGET', KEYS[2], ARGV[2])
 local fence = 0
 if stored then fence = tonumber(stored) end
 local up, del, skip = 0, 0, 0
-local c = 5
+local c = 6
 for i = 3, #KEYS do
   local off = tonumber(ARGV[c])
   local n = tonumber(ARGV[c + 2])
@@ -67,6 +74,10 @@ pub enum FoldError {
     /// one without) foldcache's data. Nothing was written.
     #[error("the cache epoch changed: Redis lost foldcache's data")]
     EpochChanged,
+    /// The generation is neither live nor being built (a rebuild replaced
+    /// it). Nothing was written.
+    #[error("the generation was retired by a rebuild")]
+    Retired,
 }
 
 /// One pending write for one key.
@@ -237,8 +248,11 @@ impl Folder {
         };
         let mut out = Vec::with_capacity(replies.len());
         for (up, del, skip) in replies {
-            if up < 0 {
+            if up == -1 {
                 return Err(FoldError::EpochChanged);
+            }
+            if up == -2 {
+                return Err(FoldError::Retired);
             }
             out.push(FoldOutcome {
                 upserted: up as u64,
@@ -261,7 +275,8 @@ impl Folder {
         inv.arg(epoch)
             .arg(partition_field(&b.topic, b.partition))
             .arg(b.next_offset)
-            .arg(state_field::EPOCH);
+            .arg(state_field::EPOCH)
+            .arg(generation);
         for (key, w) in &b.writes {
             inv.key(key).arg(w.offset).arg(w.ttl_ms);
             match &w.fields {

@@ -13,6 +13,7 @@
 //!   heartbeat) that tells ingest when Redis lost its data.
 //! - [`ttl_refresh`]: keeps live entities from expiring while ingest runs.
 //! - [`purge`]: the optional CDN purge hook.
+//! - [`rebuild`]: on-demand rebuilds into a new generation, and the swap.
 //! - [`admin`]: `/metrics`, `/healthz`, `/readyz`.
 //! - [`generate`], [`produce`], [`topics`]: the demo data set and tooling.
 
@@ -26,6 +27,8 @@ pub mod generate;
 pub mod produce;
 pub mod progress;
 pub mod purge;
+pub mod rebuild;
+pub mod rebuild_cli;
 pub mod source;
 pub mod topics;
 pub mod ttl_refresh;

@@ -5,7 +5,7 @@ use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 use foldcache_common::config::Config;
 use foldcache_ingest::generate::{GenOptions, Generator};
-use foldcache_ingest::{Ingest, admin, produce, topics};
+use foldcache_ingest::{Ingest, admin, produce, rebuild_cli, topics};
 use std::path::PathBuf;
 
 /// Folds compacted Kafka topics of HR entities into Redis.
@@ -31,6 +31,13 @@ enum Command {
         /// Replication factor.
         #[arg(long, default_value_t = 1)]
         replication_factor: i32,
+    },
+    /// Rebuild the cache from offset zero into a new generation while the
+    /// live one keeps serving; readers switch when it has caught up.
+    Rebuild {
+        /// Start it and return; do not show progress.
+        #[arg(long)]
+        no_wait: bool,
     },
     /// Produce a deterministic HR data set to the source topics.
     Generate {
@@ -66,6 +73,7 @@ async fn main() -> anyhow::Result<()> {
             partitions,
             replication_factor,
         } => topics::create_topics(&config, partitions, replication_factor).await,
+        Command::Rebuild { no_wait } => rebuild_cli::run(&config, !no_wait).await,
         Command::Generate {
             seed,
             employees,
@@ -98,8 +106,18 @@ async fn run(config: Config) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("binding ingest.admin_listen {}", config.ingest.admin_listen))?;
     tracing::info!(addr = %listener.local_addr()?, "admin endpoints listening");
+    let token = config.ingest.admin_token.clone();
     let ingest = Ingest::new(config)?;
-    let admin_task = tokio::spawn(admin::serve(listener, metrics, ingest.ready()));
+    let admin_task = tokio::spawn(admin::serve(
+        listener,
+        admin::AdminState {
+            metrics,
+            ready: ingest.ready(),
+            rebuilds: ingest.rebuilds().clone(),
+            redis: ingest.redis().clone(),
+            token,
+        },
+    ));
     let result = ingest.run(shutdown_signal()).await;
     admin_task.abort();
     tracing::info!("ingest stopped");

@@ -136,6 +136,14 @@ impl Progress {
             .try_fold(now_ms, |acc, p| p.fresh_ms.map(|f| acc.min(f)))
     }
 
+    /// The last reported end of each partition (a build's progress target).
+    pub fn targets(&self) -> Vec<(Tp, i64)> {
+        self.parts
+            .iter()
+            .filter_map(|(tp, p)| p.view.map(|v| (tp.clone(), v.hi)))
+            .collect()
+    }
+
     /// Records between the folded position and the last reported watermark.
     pub fn lag(&self) -> Vec<(Tp, i64)> {
         self.parts
