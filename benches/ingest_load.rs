@@ -102,7 +102,14 @@ async fn main() -> Result<()> {
     )?;
     let pid = ingest.pid().context("ingest pid")?;
     let mut peak_rss_kb = 0;
+    let mut ready_secs = None;
     loop {
+        if ready_secs.is_none() {
+            let ready: Option<String> = con.hget("fc:state", "ready").await?;
+            if ready.as_deref() == Some("1") {
+                ready_secs = Some(t.elapsed().as_secs_f64());
+            }
+        }
         let offsets: HashMap<String, i64> = con.hgetall("fc:g1:offsets").await?;
         let done: i64 = offsets
             .iter()
@@ -110,7 +117,7 @@ async fn main() -> Result<()> {
             .map(|(_, v)| v)
             .sum();
         peak_rss_kb = peak_rss_kb.max(rss_kb(pid));
-        if done as u64 >= produced {
+        if done as u64 >= produced && ready_secs.is_some() {
             break;
         }
         anyhow::ensure!(
@@ -158,6 +165,12 @@ async fn main() -> Result<()> {
         "\ningest / min(baselines) = {:.2} (target >= 0.5)",
         ingest_rate / floor
     );
+    if let Some(r) = ready_secs {
+        println!(
+            "Redis empty -> cache ready (ready=1): {r:.2} s; plain consumer drain of the same topic: {drain_secs:.2} s ({:.2}x)",
+            r / drain_secs
+        );
+    }
     println!("ingest peak RSS: {:.1} MiB", peak_rss_kb as f64 / 1024.0);
     println!(
         "Redis: {keys} keys, used_memory {:.1} MiB, {:.0} bytes per entity",

@@ -116,8 +116,19 @@ pub struct BuildProgress {
     /// Target offsets (each partition's end when the build first saw it),
     /// summed over the partitions that reported one.
     pub target: i64,
+    /// Offsets folded per second since the build started.
+    pub events_per_sec: Option<f64>,
+    /// Seconds left at that rate.
+    pub eta_secs: Option<f64>,
     /// Per `{topic}/{partition}`: `(done, target)`.
     pub partitions: HashMap<String, (i64, Option<i64>)>,
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
 }
 
 /// Rebuild requests, swaps, progress and clean-up.
@@ -240,6 +251,14 @@ impl Rebuilds {
         for (f, d) in done {
             p.done += d;
             p.partitions.entry(f).or_insert((0, None)).0 = d;
+        }
+        if let Some(started) = p.started_ms {
+            let secs = (now_ms() - started) as f64 / 1000.0;
+            if secs > 0.0 && p.done > 0 {
+                let rate = p.done as f64 / secs;
+                p.events_per_sec = Some(rate);
+                p.eta_secs = Some(((p.target - p.done).max(0)) as f64 / rate);
+            }
         }
         Ok(p)
     }
