@@ -9,11 +9,13 @@
 //! - [`state`]: an entity's state as foldcache stores it (one hash field per
 //!   top-level JSON member), its canonical encoding and its strong validator.
 //! - [`secret`]: a wrapper that keeps credentials out of logs and errors.
+//! - [`runtime`]: wall-clock time and the shutdown signal.
 //! - [`telemetry`]: logging set-up shared by both binaries.
 
 pub mod config;
 pub mod id;
 pub mod keys;
+pub mod runtime;
 pub mod secret;
 pub mod state;
 pub mod telemetry;

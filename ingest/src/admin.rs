@@ -12,6 +12,7 @@ use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
+use foldcache_common::runtime::now_ms;
 use foldcache_common::secret::Secret;
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use serde_json::json;
@@ -165,11 +166,4 @@ async fn progress(State(s): State<AdminState>) -> Response {
         Ok(p) => Json(p).into_response(),
         Err(_) => problem(StatusCode::SERVICE_UNAVAILABLE, "Redis did not answer"),
     }
-}
-
-fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
 }

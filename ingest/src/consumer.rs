@@ -20,6 +20,7 @@ use crate::source::Sources;
 use anyhow::Context as _;
 use foldcache_common::config::{Config, ResumeMode};
 use foldcache_common::keys::{InstanceBeat, KeySpace, state_field};
+use foldcache_common::runtime::now_ms;
 use futures::StreamExt as _;
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, Rebalance, StreamConsumer};
@@ -844,13 +845,6 @@ fn log_kafka_error(e: &KafkaError) {
 
 fn timestamp_ms(t: Timestamp) -> i64 {
     t.to_millis().unwrap_or_else(now_ms)
-}
-
-fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
 }
 
 /// Retries `f` with capped exponential backoff until it succeeds.

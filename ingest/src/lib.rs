@@ -29,6 +29,7 @@ pub mod progress;
 pub mod purge;
 pub mod rebuild;
 pub mod rebuild_cli;
+pub mod scan;
 pub mod source;
 pub mod topics;
 pub mod ttl_refresh;

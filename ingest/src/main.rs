@@ -118,28 +118,10 @@ async fn run(config: Config) -> anyhow::Result<()> {
             token,
         },
     ));
-    let result = ingest.run(shutdown_signal()).await;
+    let result = ingest
+        .run(foldcache_common::runtime::shutdown_signal())
+        .await;
     admin_task.abort();
     tracing::info!("ingest stopped");
     result
-}
-
-/// Resolves on SIGTERM or Ctrl-C.
-async fn shutdown_signal() {
-    let ctrl_c = async {
-        let _ = tokio::signal::ctrl_c().await;
-    };
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(_) => std::future::pending::<()>().await,
-        }
-    };
-    tokio::select! {
-        () = ctrl_c => {},
-        () = term => {},
-    }
-    tracing::info!("shutdown requested: draining");
 }

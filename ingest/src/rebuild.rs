@@ -23,7 +23,9 @@
 //! at a generation that caught up.
 
 use crate::cache_state::EpochLost;
+use crate::scan::Scan;
 use foldcache_common::keys::{KeySpace, partition_field};
+use foldcache_common::runtime::now_ms;
 use redis::aio::ConnectionLike;
 use serde::Serialize;
 use std::collections::HashMap;
@@ -122,13 +124,6 @@ pub struct BuildProgress {
     pub eta_secs: Option<f64>,
     /// Per `{topic}/{partition}`: `(done, target)`.
     pub partitions: HashMap<String, (i64, Option<i64>)>,
-}
-
-fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
 }
 
 /// Rebuild requests, swaps, progress and clean-up.
@@ -270,26 +265,14 @@ impl Rebuilds {
         con: &mut C,
         generation: u64,
     ) -> redis::RedisResult<u64> {
-        let pattern = self.keys.generation_pattern(generation);
-        let mut cursor: u64 = 0;
         let mut removed = 0;
-        loop {
-            let (next, keys): (u64, Vec<String>) = redis::cmd("SCAN")
-                .arg(cursor)
-                .arg("MATCH")
-                .arg(&pattern)
-                .arg("COUNT")
-                .arg(500)
-                .query_async(con)
-                .await?;
+        let mut scan = Scan::new(self.keys.generation_pattern(generation), 500);
+        while let Some(keys) = scan.next_page(con).await? {
             if !keys.is_empty() {
                 removed += keys.len() as u64;
                 let () = redis::cmd("UNLINK").arg(&keys).query_async(con).await?;
             }
-            if next == 0 {
-                return Ok(removed);
-            }
-            cursor = next;
         }
+        Ok(removed)
     }
 }

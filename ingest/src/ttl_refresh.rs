@@ -9,6 +9,7 @@
 //! half the TTL) turns reads into 503 before that, so expiry never shows as
 //! a false 404.
 
+use crate::scan::Scan;
 use foldcache_common::config::Config;
 use foldcache_common::keys::{KeySpace, state_field};
 use redis::aio::ConnectionManager;
@@ -93,17 +94,9 @@ impl TtlRefresher {
     ) -> redis::RedisResult<u64> {
         let pattern = self.keys.generation_pattern(generation);
         let prefix_len = pattern.len() - 1;
-        let mut cursor: u64 = 0;
         let mut refreshed = 0;
-        loop {
-            let (next, keys): (u64, Vec<String>) = redis::cmd("SCAN")
-                .arg(cursor)
-                .arg("MATCH")
-                .arg(&pattern)
-                .arg("COUNT")
-                .arg(1000)
-                .query_async(con)
-                .await?;
+        let mut scan = Scan::new(pattern, 1000);
+        while let Some(keys) = scan.next_page(con).await? {
             let mut pipe = redis::pipe();
             for key in &keys {
                 // `{prefix}:g{gen}:{entity}:{id}`; other keys have no second ':'.
@@ -116,10 +109,7 @@ impl TtlRefresher {
                 }
             }
             pipe.query_async::<()>(con).await?;
-            if next == 0 {
-                return Ok(refreshed);
-            }
-            cursor = next;
         }
+        Ok(refreshed)
     }
 }

@@ -44,21 +44,10 @@ async fn main() -> anyhow::Result<()> {
     let listener = tokio::net::TcpListener::bind(config.http.listen)
         .await
         .with_context(|| format!("binding http.listen {}", config.http.listen))?;
-    foldcache_query_api::serve(listener, &config, shutdown_signal()).await
-}
-
-async fn shutdown_signal() {
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(_) => std::future::pending::<()>().await,
-        }
-    };
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {},
-        () = term => {},
-    }
-    tracing::info!("shutdown requested: finishing in-flight requests");
+    foldcache_query_api::serve(
+        listener,
+        &config,
+        foldcache_common::runtime::shutdown_signal(),
+    )
+    .await
 }

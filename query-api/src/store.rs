@@ -10,6 +10,7 @@ use foldcache_common::id::{EntityId, EntityName};
 use foldcache_common::keys::{
     InstanceBeat, KeySpace, META_ETAG, META_MODIFIED_MS, META_PREFIX, state_field,
 };
+use foldcache_common::runtime::now_ms;
 use foldcache_common::state::assemble_body;
 use redis::aio::ConnectionManager;
 use std::time::Duration;
@@ -187,13 +188,6 @@ impl Store {
         }
         Ok(decode_hash(&fields).map_or(Lookup::NotFound, Lookup::Found))
     }
-}
-
-fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
 }
 
 impl Store {
