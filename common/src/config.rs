@@ -21,7 +21,7 @@ use thiserror::Error;
 #[derive(Debug, Error)]
 pub enum ConfigError {
     /// The file is missing or a value has the wrong shape or an unknown key.
-    #[error("configuration: {0}")]
+    #[error("configuration error")]
     Load(#[from] Box<figment::Error>),
     /// The values parse but contradict each other.
     #[error("configuration: {0}")]
@@ -446,8 +446,11 @@ mod tests {
     fn unknown_keys_are_errors() {
         let mut f = tempfile::NamedTempFile::new().unwrap();
         writeln!(f, "[redis]\nurll = \"x\"").unwrap();
-        let err = Config::load(Some(f.path())).unwrap_err().to_string();
-        assert!(err.contains("urll"), "{err}");
+        let err = Config::load(Some(f.path())).unwrap_err();
+        let cause = std::error::Error::source(&err)
+            .map(ToString::to_string)
+            .unwrap_or_default();
+        assert!(cause.contains("urll"), "{err}: {cause}");
     }
 
     #[test]
