@@ -3,7 +3,7 @@
 //! (flush, and a restart of the Redis process) while events keep arriving.
 
 use anyhow::{Result, ensure};
-use foldcache::{Process, RedisServer, Stack, eventually, foldcache_binary};
+use foldcache::{RedisServer, Stack, eventually, foldcache_binary};
 use redis::AsyncCommands;
 use reqwest::StatusCode;
 use serde_json::{Value, json};
@@ -102,11 +102,6 @@ async fn assert_final(stack: &Stack, last: &HashMap<String, u64>) -> Result<()> 
     Ok(())
 }
 
-fn admin_url(stack: &Stack, port: u16) -> String {
-    let _ = stack;
-    format!("http://127.0.0.1:{port}/admin/rebuild")
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn on_demand_rebuild_swaps_generations_without_a_404_or_a_step_back() -> Result<()> {
     let admin_port = foldcache::free_port();
@@ -134,7 +129,7 @@ async fn on_demand_rebuild_swaps_generations_without_a_404_or_a_step_back() -> R
 
     // The admin endpoint: no token, wrong token, then the real one.
     let client = reqwest::Client::new();
-    let url = admin_url(&stack, admin_port);
+    let url = format!("http://127.0.0.1:{admin_port}/admin/rebuild");
     assert_eq!(
         client.post(&url).send().await?.status(),
         StatusCode::UNAUTHORIZED
@@ -267,6 +262,5 @@ async fn redis_flush_and_restart_while_writing_give_503_never_404_then_the_refer
     let last = w.await??;
     assert_final(&stack, &last).await?;
     assert!(ingest.is_running(), "ingest survived both losses");
-    let _ = Process::spawn; // the kit's process type is what runs ingest
     Ok(())
 }
