@@ -52,8 +52,8 @@ pub struct Config {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RedisConfig {
-    /// `redis://[user:password@]host:port[/db]` or `rediss://` for TLS. May
-    /// carry a password, hence never printed.
+    /// `redis://[user:password@]host:port[/db]`. May carry a password,
+    /// hence never printed. (TLS, `rediss://`, is not compiled in yet.)
     pub url: Secret<String>,
     /// Prefix of every key foldcache writes (see [`crate::keys`]).
     pub key_prefix: String,
