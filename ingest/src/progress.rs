@@ -31,12 +31,18 @@ pub struct FetchView {
 
 impl FetchView {
     /// Whether a partition folded up to `position` has nothing left below
-    /// this view's watermark. Control records (transactions) are never
-    /// handed to the application, so a fetcher at the end with nothing
-    /// queued and everything handed over folded also counts.
+    /// this view's watermark.
+    ///
+    /// Only `position >= hi` is trusted. librdkafka's per-partition fetch
+    /// queue can be empty while fetched records still wait in the consumer
+    /// queue, so "fetcher at the end, nothing queued" is no proof: with a
+    /// broker that returns a whole partition in one response it declared a
+    /// replay caught up before a single record was folded (a false 404 after
+    /// a Redis flush, caught by tests/rebuild.rs). Known limit: a partition
+    /// whose last offset is a transaction marker (never delivered) only
+    /// counts as caught up once a data record follows it.
     fn satisfied_by(&self, position: i64) -> bool {
         position >= self.hi
-            || (self.next_fetch >= self.hi && self.queued == 0 && position >= self.app_offset)
     }
 }
 
@@ -218,21 +224,19 @@ mod tests {
     }
 
     #[test]
-    fn control_records_at_the_end_do_not_block_catching_up() {
+    fn fetched_but_undelivered_records_are_not_caught_up() {
         let mut p = Progress::default();
         p.assign(tp(), 0);
-        // hi = 11 but the last offset is a commit marker never delivered.
-        p.folded(&tp(), 10);
-        p.observe(
-            &tp(),
-            FetchView {
-                hi: 11,
-                next_fetch: 11,
-                queued: 0,
-                app_offset: 10,
-            },
-            1_000,
-        );
-        assert_eq!(p.caught_up(), vec![(tp(), 10)]);
+        // The whole partition was fetched (next_fetch = hi) and moved to the
+        // consumer queue (fetch queue empty), but nothing is folded yet.
+        let view = FetchView {
+            hi: 5000,
+            next_fetch: 5000,
+            queued: 0,
+            app_offset: -1001,
+        };
+        p.observe(&tp(), view, 1_000);
+        assert!(p.caught_up().is_empty());
+        assert_eq!(p.fresh_ms(2_000), None);
     }
 }
