@@ -80,6 +80,25 @@ async fn reader(base: String, stop: Arc<AtomicBool>, allow_503: bool) -> Result<
     Ok((n, unavailable))
 }
 
+/// Waits for the cache, starts the writer and waits until its first round
+/// is served.
+async fn start_writing(
+    stack: &Arc<Stack>,
+) -> Result<(
+    Arc<AtomicBool>,
+    tokio::task::JoinHandle<Result<HashMap<String, u64>>>,
+)> {
+    stack.wait_ready(WAIT).await?;
+    let stop = Arc::new(AtomicBool::new(false));
+    let w = tokio::spawn(writer(stack.clone(), stop.clone(), 0));
+    let url = format!("{}/v1/employees/E{}", stack.base_url(), KEYS - 1);
+    eventually("the first round to be served", WAIT, || async {
+        Ok((reqwest::get(&url).await?.status() == 200).then_some(()))
+    })
+    .await?;
+    Ok((stop, w))
+}
+
 async fn live_gen(con: &mut redis::aio::MultiplexedConnection) -> Result<u64> {
     Ok(con
         .hget::<_, _, Option<u64>>("fc:state", "live_gen")
@@ -122,18 +141,8 @@ async fn on_demand_rebuild_swaps_generations_without_a_404_or_a_step_back() -> R
         ("FOLDCACHE__INGEST__REBUILD_RETIRE_GRACE_MS", "1500"),
     ])?;
     let _api = stack.spawn_query_api()?;
-    stack.wait_ready(WAIT).await?;
-    let stop = Arc::new(AtomicBool::new(false));
-    let w = tokio::spawn(writer(stack.clone(), stop.clone(), 0));
+    let (stop, w) = start_writing(&stack).await?;
     let base = stack.base_url();
-    eventually("E59 to be served", WAIT, || async {
-        Ok((reqwest::get(format!("{base}/v1/employees/E59"))
-            .await?
-            .status()
-            == 200)
-            .then_some(()))
-    })
-    .await?;
     let r = tokio::spawn(reader(base.clone(), stop.clone(), false));
 
     // The admin endpoint: no token, wrong token, then the real one.
@@ -210,18 +219,8 @@ async fn redis_flush_and_restart_while_writing_give_503_never_404_then_the_refer
     let stack = Arc::new(Stack::start(2, "").await?);
     let mut ingest = stack.spawn_ingest()?;
     let _api = stack.spawn_query_api()?;
-    stack.wait_ready(WAIT).await?;
-    let stop = Arc::new(AtomicBool::new(false));
-    let w = tokio::spawn(writer(stack.clone(), stop.clone(), 0));
+    let (stop, w) = start_writing(&stack).await?;
     let base = stack.base_url();
-    eventually("E59 to be served", WAIT, || async {
-        Ok((reqwest::get(format!("{base}/v1/employees/E59"))
-            .await?
-            .status()
-            == 200)
-            .then_some(()))
-    })
-    .await?;
     // Versions may step back across a loss (the rebuilt cache replays), but
     // never a 404: only 200 or 503.
     let poll_stop = Arc::new(AtomicBool::new(false));
@@ -280,18 +279,8 @@ async fn a_rebuild_interrupted_by_sigkill_resumes_and_readers_never_see_it_half_
     let stack = Arc::new(Stack::start(2, "").await?);
     let mut ingest = stack.spawn_ingest()?;
     let _api = stack.spawn_query_api()?;
-    stack.wait_ready(WAIT).await?;
-    let stop = Arc::new(AtomicBool::new(false));
-    let w = tokio::spawn(writer(stack.clone(), stop.clone(), 0));
+    let (stop, w) = start_writing(&stack).await?;
     let base = stack.base_url();
-    eventually("E59 to be served", WAIT, || async {
-        Ok((reqwest::get(format!("{base}/v1/employees/E59"))
-            .await?
-            .status()
-            == 200)
-            .then_some(()))
-    })
-    .await?;
     let r = tokio::spawn(reader(base.clone(), stop.clone(), false));
 
     // Request a rebuild and kill ingest at once: the build is left half done.

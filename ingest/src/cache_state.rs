@@ -43,6 +43,15 @@ redis.call('HSET', KEYS[1], 'ready', '1')
 return 1
 ";
 
+/// Appends `count, (field, offset)...` for partition offsets to a script
+/// invocation.
+pub(crate) fn push_offsets(inv: &mut redis::ScriptInvocation<'_>, offsets: &[(String, i32, i64)]) {
+    inv.arg(offsets.len());
+    for (t, p, o) in offsets {
+        inv.arg(partition_field(t, *p)).arg(*o);
+    }
+}
+
 /// Ingest's view of the cache marker.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CacheState {
@@ -164,11 +173,8 @@ impl StateStore {
         let mut inv = self.caught_up.prepare_invoke();
         inv.key(self.keys.state())
             .key(self.keys.caught_up(generation))
-            .arg(epoch)
-            .arg(newly.len());
-        for (t, p, off) in newly {
-            inv.arg(partition_field(t, *p)).arg(*off);
-        }
+            .arg(epoch);
+        push_offsets(&mut inv, newly);
         for (t, p) in all {
             inv.arg(partition_field(t, *p));
         }

@@ -22,7 +22,7 @@
 //! generation N's offsets. Readers only ever follow `live_gen`, which points
 //! at a generation that caught up.
 
-use crate::cache_state::EpochLost;
+use crate::cache_state::{EpochLost, push_offsets};
 use crate::scan::Scan;
 use foldcache_common::keys::{KeySpace, partition_field};
 use foldcache_common::runtime::now_ms;
@@ -194,14 +194,8 @@ impl Rebuilds {
             .arg(live)
             .arg(now_ms)
             .arg(grace_ms);
-        inv.arg(newly.len());
-        for (t, p, o) in newly {
-            inv.arg(partition_field(t, *p)).arg(*o);
-        }
-        inv.arg(targets.len());
-        for (t, p, o) in targets {
-            inv.arg(partition_field(t, *p)).arg(*o);
-        }
+        push_offsets(&mut inv, newly);
+        push_offsets(&mut inv, targets);
         for (t, p) in all {
             inv.arg(partition_field(t, *p));
         }
