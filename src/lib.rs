@@ -75,23 +75,58 @@ where
 pub struct Process {
     name: String,
     child: Option<Child>,
+    log: PathBuf,
+}
+
+/// Where [`Process`] writes the output of every process it starts:
+/// `$FOLDCACHE_TEST_LOGS`, or `target/test-logs` in the workspace.
+pub fn test_log_dir() -> PathBuf {
+    std::env::var_os("FOLDCACHE_TEST_LOGS").map_or_else(
+        || Path::new(env!("CARGO_MANIFEST_DIR")).join("target/test-logs"),
+        PathBuf::from,
+    )
 }
 
 impl Process {
-    /// Starts `program` with `args`; stdout and stderr go to the test's.
+    /// Starts `program` with `args`. Its stdout and stderr go to a file of
+    /// their own under [`test_log_dir`] (see [`Process::log_path`]) and to
+    /// the test's stderr, each line prefixed with `[name port]`, so that the
+    /// interleaved output of concurrent tests says which process wrote what.
     pub fn spawn(name: &str, program: &Path, args: &[&str], env: &[(&str, &str)]) -> Result<Self> {
+        let dir = test_log_dir();
+        std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+        let log = dir.join(format!("{}.log", unique(&format!("{name}-"))));
         let mut cmd = Command::new(program);
-        cmd.args(args).stdin(Stdio::null());
+        cmd.args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
         for (k, v) in env {
             cmd.env(k, v);
         }
-        let child = cmd
+        let mut child = cmd
             .spawn()
             .with_context(|| format!("starting {name} ({})", program.display()))?;
+        let file = std::sync::Arc::new(std::sync::Mutex::new(
+            std::fs::File::create(&log).with_context(|| format!("creating {}", log.display()))?,
+        ));
+        let tag = format!("[{name} {}]", child.id());
+        if let Some(out) = child.stdout.take() {
+            tee(out, tag.clone(), file.clone());
+        }
+        if let Some(err) = child.stderr.take() {
+            tee(err, tag, file);
+        }
         Ok(Self {
             name: name.into(),
             child: Some(child),
+            log,
         })
+    }
+
+    /// The file holding everything this process wrote.
+    pub fn log_path(&self) -> &Path {
+        &self.log
     }
 
     /// SIGKILL now: the crash that recovery must survive.
@@ -139,6 +174,23 @@ impl Drop for Process {
     fn drop(&mut self) {
         self.kill();
     }
+}
+
+fn tee(
+    from: impl std::io::Read + Send + 'static,
+    tag: String,
+    file: std::sync::Arc<std::sync::Mutex<std::fs::File>>,
+) {
+    use std::io::{BufRead, Write};
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(from).lines() {
+            let Ok(line) = line else { break };
+            if let Ok(mut f) = file.lock() {
+                let _ = writeln!(f, "{line}");
+            }
+            eprintln!("{tag} {line}");
+        }
+    });
 }
 
 fn find_binary(env_var: &str, name: &str, fallbacks: &[PathBuf]) -> Result<PathBuf> {
@@ -483,7 +535,7 @@ entity = "permissions"
     pub fn spawn_ingest_with(&self, env: &[(&str, &str)]) -> Result<Process> {
         let config = self.config_path();
         Process::spawn(
-            "ingest",
+            &format!("ingest@{}", self.http_port),
             &foldcache_binary("ingest")?,
             &["--config", &config.to_string_lossy(), "run"],
             env,
@@ -494,7 +546,7 @@ entity = "permissions"
     pub fn spawn_query_api(&self) -> Result<Process> {
         let config = self.config_path();
         Process::spawn(
-            "query-api",
+            &format!("query-api@{}", self.http_port),
             &foldcache_binary("query-api")?,
             &["--config", &config.to_string_lossy()],
             &[],

@@ -46,7 +46,63 @@ pub struct Config {
     pub sources: Vec<SourceConfig>,
     /// Per-entity settings, by entity name.
     pub entities: BTreeMap<String, EntityConfig>,
+    /// Who may read what (query-api) and who may administer (ingest).
+    pub auth: AuthConfig,
 }
+
+/// Callers, their grants, and what anonymous callers get.
+///
+/// Open mode: with no `tokens` at all, every entity is served to anyone
+/// with its `full` view (and both binaries log a warning at start). Once a
+/// token exists, a request without one gets only what `anonymous` grants,
+/// else 401.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuthConfig {
+    /// Entity -> view served to requests without a token (only when tokens
+    /// are configured; see open mode). Such responses keep the entity's
+    /// `cache_control` (typically `public`).
+    pub anonymous: BTreeMap<String, String>,
+    /// `false` (default): responses to token holders carry
+    /// `Cache-Control: private`, so no shared cache stores them. `true`:
+    /// they keep the entity's `cache_control` and rely on
+    /// `Vary: Authorization`; only for a shared cache that keys on the
+    /// `Authorization` header.
+    pub shared_cache_keys_on_authorization: bool,
+    /// Default request rate per token, per second (`0`: unlimited); a
+    /// token's own `rate_per_sec` wins.
+    pub rate_per_sec: u32,
+    /// Requests a token may send at once above its rate.
+    pub burst: u32,
+    /// The API keys.
+    pub tokens: Vec<TokenConfig>,
+}
+
+/// One API key. Only its SHA-256 is configured (`ingest hash-token` prints
+/// it); the token itself never appears in config, logs or errors.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TokenConfig {
+    /// Who holds it: appears in logs, metrics and the audit log.
+    pub name: String,
+    /// Lower-case hex SHA-256 of the bearer token.
+    pub sha256: String,
+    /// Entity -> view this token may read. An entity not listed: 403.
+    #[serde(default)]
+    pub grants: BTreeMap<String, String>,
+    /// May call admin endpoints (`POST /admin/rebuild`).
+    #[serde(default)]
+    pub admin: bool,
+    /// Requests per second (`0`: unlimited); unset: `auth.rate_per_sec`.
+    #[serde(default)]
+    pub rate_per_sec: Option<u32>,
+    /// Burst above the rate; unset: `auth.burst`.
+    #[serde(default)]
+    pub burst: Option<u32>,
+}
+
+/// The view every entity has: all fields.
+pub const FULL_VIEW: &str = "full";
 
 /// Redis connection and key space.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -224,6 +280,11 @@ pub struct EntityConfig {
     pub cache_control: CacheControlConfig,
     /// `max-age` (and `s-maxage`) of a 404 for this entity.
     pub not_found_max_age_secs: u64,
+    /// Named field projections, for example
+    /// `directory = ["id", "name", "email", "team_id", "title"]`; `["*"]`
+    /// is every field. Every entity also has the view `full` (all fields).
+    #[serde(default)]
+    pub views: BTreeMap<String, Vec<String>>,
 }
 
 /// `Cache-Control` directives of one entity's responses.
@@ -268,6 +329,7 @@ impl Default for Config {
                 stale_if_error_secs: Some(sie),
             },
             not_found_max_age_secs: 5,
+            views: BTreeMap::new(),
         };
         let source = |topic: &str, entity: &str| SourceConfig {
             topic: topic.into(),
@@ -324,6 +386,13 @@ impl Default for Config {
                 ("teams".into(), entity(300, 60, 86400, 3600)),
                 ("permissions".into(), entity(30, 15, 86400, 600)),
             ]),
+            auth: AuthConfig {
+                anonymous: BTreeMap::new(),
+                shared_cache_keys_on_authorization: false,
+                rate_per_sec: 0,
+                burst: 50,
+                tokens: Vec::new(),
+            },
         }
     }
 }
@@ -395,7 +464,86 @@ impl Config {
         if self.ingest.batch_max_events == 0 {
             return bad("ingest.batch_max_events must be at least 1".into());
         }
+        self.validate_auth()
+    }
+
+    fn validate_auth(&self) -> Result<(), ConfigError> {
+        let bad = |what: String| Err(ConfigError::Invalid(what));
+        for (name, e) in &self.entities {
+            for (view, fields) in &e.views {
+                if view == FULL_VIEW {
+                    return bad(format!(
+                        "entities.{name}.views.{FULL_VIEW} is built in (every field)"
+                    ));
+                }
+                if EntityName::parse(view).is_err() {
+                    return bad(format!(
+                        "entities.{name}.views: view name {view:?} must be lower-case letters, digits or '_', starting with a letter"
+                    ));
+                }
+                if fields.is_empty() {
+                    return bad(format!("entities.{name}.views.{view} lists no fields"));
+                }
+                if fields.len() > 1 && fields.iter().any(|f| f == "*") {
+                    return bad(format!(
+                        "entities.{name}.views.{view}: \"*\" (every field) must stand alone"
+                    ));
+                }
+            }
+        }
+        let view_exists = |entity: &str, view: &str| {
+            self.entities
+                .get(entity)
+                .is_some_and(|e| view == FULL_VIEW || e.views.contains_key(view))
+        };
+        for (entity, view) in &self.auth.anonymous {
+            if !view_exists(entity, view) {
+                return bad(format!(
+                    "auth.anonymous grants view {view:?} of entity {entity:?}, which is not configured"
+                ));
+            }
+        }
+        let mut names = BTreeSet::new();
+        let mut hashes = BTreeSet::new();
+        for t in &self.auth.tokens {
+            if t.name.is_empty() || !names.insert(&t.name) {
+                return bad(format!(
+                    "auth.tokens: name {:?} is empty or used twice",
+                    t.name
+                ));
+            }
+            if t.sha256.len() != 64
+                || !t
+                    .sha256
+                    .bytes()
+                    .all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+            {
+                return bad(format!(
+                    "auth.tokens {:?}: sha256 must be 64 lower-case hex digits (the SHA-256 of the token, see `ingest hash-token`)",
+                    t.name
+                ));
+            }
+            if !hashes.insert(&t.sha256) {
+                return bad(format!(
+                    "auth.tokens {:?}: the same token is configured twice",
+                    t.name
+                ));
+            }
+            for (entity, view) in &t.grants {
+                if !view_exists(entity, view) {
+                    return bad(format!(
+                        "auth.tokens {:?} grants view {view:?} of entity {entity:?}, which is not configured",
+                        t.name
+                    ));
+                }
+            }
+        }
         Ok(())
+    }
+
+    /// Open mode: no tokens configured, everything is served to anyone.
+    pub fn auth_is_open(&self) -> bool {
+        self.auth.tokens.is_empty()
     }
 
     /// The entity config behind a validated name, if configured.

@@ -1,7 +1,8 @@
 //! Ingest's own HTTP endpoints, on `ingest.admin_listen`: Prometheus
 //! `/metrics`, liveness `/healthz`, readiness `/readyz` (200 once the cache
 //! has caught up with the log), and the rebuild endpoints:
-//! `POST /admin/rebuild` (bearer token `ingest.admin_token`; no token
+//! `POST /admin/rebuild` (a bearer token with the admin scope: an
+//! `[[auth.tokens]]` entry with `admin = true`, or `ingest.admin_token`; none
 //! configured, no rebuild) and `GET /admin/rebuild` (progress as JSON).
 //! Every admin action is written to the `audit` log target.
 
@@ -12,11 +13,12 @@ use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
+use foldcache_common::config::Config;
 use foldcache_common::runtime::now_ms;
-use foldcache_common::secret::Secret;
+use foldcache_common::secret::token_hash;
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use serde_json::json;
-use sha2::{Digest, Sha256};
+use std::collections::HashMap;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
@@ -41,14 +43,14 @@ pub struct AdminState {
     pub rebuilds: Rebuilds,
     /// Redis.
     pub redis: redis::Client,
-    /// Bearer token for admin actions; `None` refuses them all.
-    pub token: Option<Secret<String>>,
+    /// Who may call admin actions.
+    pub admins: AdminTokens,
 }
 
 impl std::fmt::Debug for AdminState {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("AdminState")
-            .field("token", &self.token)
+            .field("admins", &self.admins.by_hash.len())
             .finish_non_exhaustive()
     }
 }
@@ -86,51 +88,72 @@ fn problem(status: StatusCode, detail: &str) -> Response {
     r
 }
 
-/// Checks the bearer token in constant time; returns who (a token
-/// fingerprint, never the token) for the audit log.
-fn authorize(
-    headers: &HeaderMap,
-    token: Option<&Secret<String>>,
-) -> Result<String, (StatusCode, &'static str)> {
-    let Some(token) = token else {
-        return Err((
-            StatusCode::FORBIDDEN,
-            "no admin token is configured (ingest.admin_token): admin actions are disabled",
-        ));
-    };
-    let given = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .ok_or((
-            StatusCode::UNAUTHORIZED,
-            "send Authorization: Bearer <admin token>",
-        ))?;
-    let (a, b) = (
-        Sha256::digest(given.as_bytes()),
-        Sha256::digest(token.expose().as_bytes()),
-    );
-    if a.iter()
-        .zip(b.iter())
-        .fold(0u8, |acc, (x, y)| acc | (x ^ y))
-        != 0
-    {
-        return Err((StatusCode::FORBIDDEN, "wrong admin token"));
-    }
-    Ok(format!(
-        "token:{:x}",
-        &a[..4]
+/// Who may call admin endpoints: `ingest.admin_token` and every
+/// `[[auth.tokens]]` entry, by SHA-256 (a token itself is never kept).
+#[derive(Debug, Clone, Default)]
+pub struct AdminTokens {
+    by_hash: HashMap<[u8; 32], (String, bool)>,
+}
+
+impl AdminTokens {
+    /// From config.
+    pub fn new(config: &Config) -> Self {
+        let mut by_hash: HashMap<[u8; 32], (String, bool)> = config
+            .auth
+            .tokens
             .iter()
-            .fold(0u32, |acc, b| (acc << 8) | u32::from(*b))
-    ))
+            .filter_map(|t| Some((decode_hex(&t.sha256)?, (t.name.clone(), t.admin))))
+            .collect();
+        if let Some(t) = &config.ingest.admin_token {
+            by_hash.insert(token_hash(t.expose()), ("ingest.admin_token".into(), true));
+        }
+        Self { by_hash }
+    }
+
+    /// Checks the request's bearer token; returns the caller's configured
+    /// name for the audit log.
+    fn authorize(&self, headers: &HeaderMap) -> Result<String, (StatusCode, String)> {
+        if !self.by_hash.values().any(|(_, admin)| *admin) {
+            return Err((
+                StatusCode::FORBIDDEN,
+                "no admin token is configured (ingest.admin_token or [[auth.tokens]] with admin = true): admin actions are disabled".into(),
+            ));
+        }
+        let given = headers
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.split_once(' '))
+            .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+            .map(|(_, t)| t.trim())
+            .ok_or((
+                StatusCode::UNAUTHORIZED,
+                "send Authorization: Bearer <admin token>".into(),
+            ))?;
+        match self.by_hash.get(&token_hash(given)) {
+            None => Err((StatusCode::UNAUTHORIZED, "unknown token".into())),
+            Some((name, false)) => Err((
+                StatusCode::FORBIDDEN,
+                format!("token {name:?} has no admin scope"),
+            )),
+            Some((name, true)) => Ok(name.clone()),
+        }
+    }
+}
+
+fn decode_hex(s: &str) -> Option<[u8; 32]> {
+    let mut out = [0u8; 32];
+    for (i, byte) in out.iter_mut().enumerate() {
+        *byte = u8::from_str_radix(s.get(2 * i..2 * i + 2)?, 16).ok()?;
+    }
+    (s.len() == 64).then_some(out)
 }
 
 async fn start_rebuild(State(s): State<AdminState>, headers: HeaderMap) -> Response {
-    let who = match authorize(&headers, s.token.as_ref()) {
+    let who = match s.admins.authorize(&headers) {
         Ok(who) => who,
         Err((status, why)) => {
-            tracing::warn!(target: "audit", action = "rebuild", outcome = "refused", status = status.as_u16(), "admin action refused");
-            return problem(status, why);
+            tracing::warn!(target: "audit", action = "rebuild", outcome = "refused", status = status.as_u16(), reason = %why, "admin action refused");
+            return problem(status, &why);
         }
     };
     let outcome = async {

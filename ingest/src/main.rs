@@ -39,6 +39,14 @@ enum Command {
         #[arg(long)]
         no_wait: bool,
     },
+    /// Print the SHA-256 of a bearer token for `[[auth.tokens]] sha256`.
+    /// The token is read from stdin (never an argument, which `ps` shows);
+    /// with `--new`, a fresh random token is made and printed with its hash.
+    HashToken {
+        /// Make a new random token instead of reading one.
+        #[arg(long)]
+        new: bool,
+    },
     /// Produce a deterministic HR data set to the source topics.
     Generate {
         /// RNG seed: the same seed produces the same events.
@@ -74,6 +82,27 @@ async fn main() -> std::process::ExitCode {
     }
 }
 
+fn hash_token(new: bool) -> anyhow::Result<()> {
+    use base64::Engine;
+    use foldcache_common::secret::token_hash_hex;
+    let token = if new {
+        let bytes: [u8; 32] = rand::random();
+        let token = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes);
+        println!("token:  {token}");
+        token
+    } else {
+        let mut line = String::new();
+        std::io::stdin()
+            .read_line(&mut line)
+            .context("reading the token from stdin")?;
+        let token = line.trim_end_matches(['\n', '\r']).to_owned();
+        anyhow::ensure!(!token.is_empty(), "no token on stdin");
+        token
+    };
+    println!("sha256: {}", token_hash_hex(&token));
+    Ok(())
+}
+
 async fn run_main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     let config = Config::load(cli.config.as_deref())?;
@@ -85,6 +114,7 @@ async fn run_main() -> anyhow::Result<()> {
             replication_factor,
         } => topics::create_topics(&config, partitions, replication_factor).await,
         Command::Rebuild { no_wait } => rebuild_cli::run(&config, !no_wait).await,
+        Command::HashToken { new } => hash_token(new),
         Command::Generate {
             seed,
             employees,
@@ -117,7 +147,7 @@ async fn run(config: Config) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("binding ingest.admin_listen {}", config.ingest.admin_listen))?;
     tracing::info!(addr = %listener.local_addr()?, "admin endpoints listening");
-    let token = config.ingest.admin_token.clone();
+    let admins = admin::AdminTokens::new(&config);
     let ingest = Ingest::new(config)?;
     let admin_task = tokio::spawn(admin::serve(
         listener,
@@ -126,7 +156,7 @@ async fn run(config: Config) -> anyhow::Result<()> {
             ready: ingest.ready(),
             rebuilds: ingest.rebuilds().clone(),
             redis: ingest.redis().clone(),
-            token,
+            admins,
         },
     ));
     let result = ingest

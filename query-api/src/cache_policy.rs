@@ -29,6 +29,16 @@ pub fn cache_control(c: &CacheControlConfig) -> HeaderValue {
     HeaderValue::from_str(&parts.join(", ")).unwrap_or(HeaderValue::from_static("no-store"))
 }
 
+/// The same directives for a token holder's response: `private` (a
+/// `no-store` entity stays `no-store`).
+pub fn private(c: &CacheControlConfig) -> CacheControlConfig {
+    let mut c = c.clone();
+    if c.visibility == Visibility::Public {
+        c.visibility = Visibility::Private;
+    }
+    c
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -46,6 +46,22 @@ pub enum ApiError {
     /// Only GET and HEAD are served.
     #[error("method not allowed")]
     MethodNotAllowed,
+    /// No token where one is needed (`invalid: false`), or a token that is
+    /// malformed or unknown (`invalid: true`).
+    #[error("unauthorized")]
+    Unauthorized {
+        /// A token was given but is not valid.
+        invalid: bool,
+    },
+    /// The token has no grant for this entity.
+    #[error("forbidden")]
+    Forbidden,
+    /// The token's rate limit is exhausted.
+    #[error("too many requests")]
+    TooManyRequests {
+        /// `Retry-After` seconds.
+        retry_after: u64,
+    },
     /// The request's header section is larger than allowed.
     #[error("request headers too large")]
     HeadersTooLarge {
@@ -95,6 +111,17 @@ impl ApiError {
                 "method-not-allowed",
                 "Method not allowed",
             ),
+            ApiError::Unauthorized { .. } => (
+                StatusCode::UNAUTHORIZED,
+                "unauthorized",
+                "Authentication required",
+            ),
+            ApiError::Forbidden => (StatusCode::FORBIDDEN, "forbidden", "Forbidden"),
+            ApiError::TooManyRequests { .. } => (
+                StatusCode::TOO_MANY_REQUESTS,
+                "rate-limited",
+                "Too many requests",
+            ),
             ApiError::HeadersTooLarge { .. } => (
                 StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
                 "headers-too-large",
@@ -118,6 +145,16 @@ impl ApiError {
             ApiError::Unavailable { .. } => "the cache backend is unreachable; retry later".into(),
             ApiError::NoRoute => "see /openapi.json for the API".into(),
             ApiError::MethodNotAllowed => "only GET and HEAD are served".into(),
+            ApiError::Unauthorized { invalid: false } => {
+                "send a bearer token: Authorization: Bearer <token>".into()
+            }
+            ApiError::Unauthorized { invalid: true } => {
+                "the bearer token is malformed or not known".into()
+            }
+            ApiError::Forbidden => "the token grants no view of this entity type".into(),
+            ApiError::TooManyRequests { retry_after } => {
+                format!("the token's request rate is exhausted; retry in {retry_after} s")
+            }
             ApiError::HeadersTooLarge { limit } => {
                 format!("the request's header fields exceed {limit} bytes")
             }
@@ -151,7 +188,33 @@ impl IntoResponse for ApiError {
         if matches!(self, ApiError::MethodNotAllowed) {
             h.insert(header::ALLOW, HeaderValue::from_static("GET, HEAD"));
         }
-        if let ApiError::NotReady { retry_after } | ApiError::Unavailable { retry_after } = self {
+        match &self {
+            ApiError::Unauthorized { invalid: false } => {
+                h.insert(
+                    header::WWW_AUTHENTICATE,
+                    HeaderValue::from_static("Bearer realm=\"foldcache\""),
+                );
+            }
+            ApiError::Unauthorized { invalid: true } => {
+                h.insert(
+                    header::WWW_AUTHENTICATE,
+                    HeaderValue::from_static("Bearer realm=\"foldcache\", error=\"invalid_token\""),
+                );
+            }
+            ApiError::Forbidden => {
+                h.insert(
+                    header::WWW_AUTHENTICATE,
+                    HeaderValue::from_static(
+                        "Bearer realm=\"foldcache\", error=\"insufficient_scope\"",
+                    ),
+                );
+            }
+            _ => {}
+        }
+        if let ApiError::NotReady { retry_after }
+        | ApiError::Unavailable { retry_after }
+        | ApiError::TooManyRequests { retry_after } = self
+        {
             h.insert(header::RETRY_AFTER, HeaderValue::from(retry_after));
         }
         res

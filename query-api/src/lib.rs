@@ -11,6 +11,7 @@
 //! The app is built from a bound listener, the config and a shutdown future
 //! ([`serve`]), so tests bind port 0.
 
+pub mod auth;
 pub mod cache_policy;
 pub mod conditional;
 pub mod error;
@@ -37,8 +38,11 @@ use tower_http::compression::{CompressionLayer, CompressionLevel};
 /// Per-entity response policy, derived once from config.
 #[derive(Debug, Clone)]
 pub struct EntityPolicy {
-    /// `Cache-Control` of 200/304.
+    /// `Cache-Control` of 200/304 to anonymous callers.
     pub cache_control: HeaderValue,
+    /// `Cache-Control` of 200/304 to token holders: the same directives,
+    /// but `private`.
+    pub private_cache_control: HeaderValue,
     /// Negative-cache lifetime of a 404.
     pub not_found_max_age: u64,
     /// Freshness bound in ms (`None`: unbounded).
@@ -58,6 +62,8 @@ pub struct AppState {
     pub max_batch_ids: usize,
     /// Cache-tag header name, and whether tags are comma-separated.
     pub surrogate: Option<(HeaderName, bool)>,
+    /// Callers, grants and views.
+    pub auth: Arc<auth::Auth>,
 }
 
 impl AppState {
@@ -71,6 +77,9 @@ impl AppState {
                     name.clone(),
                     EntityPolicy {
                         cache_control: cache_policy::cache_control(&e.cache_control),
+                        private_cache_control: cache_policy::cache_control(&cache_policy::private(
+                            &e.cache_control,
+                        )),
                         not_found_max_age: e.not_found_max_age_secs,
                         max_staleness_ms: (e.freshness_secs > 0)
                             .then(|| e.freshness_secs.saturating_mul(1000) as i64),
@@ -92,6 +101,7 @@ impl AppState {
             retry_after: config.http.retry_after_secs,
             max_batch_ids: config.http.max_batch_ids,
             surrogate,
+            auth: Arc::new(auth::Auth::new(config)),
         }
     }
 
@@ -210,6 +220,11 @@ pub async fn serve(
             .clone()
             .poll_state(Duration::from_millis(config.http.state_poll_ms)),
     );
+    if config.auth_is_open() {
+        tracing::warn!(
+            "auth: no [[auth.tokens]] configured; every entity is served to anyone with its full view"
+        );
+    }
     let app = router(AppState::new(store, config), config.http.compression);
     tracing::info!(addr = %listener.local_addr()?, "query-api listening");
     let result = axum::serve(listener, app)

@@ -7,6 +7,7 @@
 
 use crate::AppState;
 use crate::EntityPolicy;
+use crate::auth::Caller;
 use crate::conditional::Validators;
 use crate::error::ApiError;
 use crate::store::{Entity, Lookup};
@@ -23,14 +24,17 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 /// the body).
 pub async fn get_entity(
     State(app): State<AppState>,
+    req_headers: HeaderMap,
     path: Result<Path<(String, String)>, PathRejection>,
 ) -> Result<Response, ApiError> {
+    let caller = app.auth.authenticate(&req_headers)?;
     let Path((entity, id)) = path.map_err(|e| ApiError::BadRequest(path_problem(&e)))?;
     let (name, policy) = entity_policy(&app, &entity)?;
+    let view = caller.view(name.as_str())?;
     let id = EntityId::parse(&id).map_err(|e| ApiError::InvalidId(e.to_string()))?;
     let lookup = app
         .store
-        .get(&name, &id, policy.max_staleness_ms)
+        .get(&name, &id, policy.max_staleness_ms, view)
         .await
         .map_err(|e| unavailable(&app, &name, &e))?;
     let entity = match lookup {
@@ -48,7 +52,9 @@ pub async fn get_entity(
     };
     let tags = app.surrogate_keys(&name, std::slice::from_ref(&id));
     Ok(representation(
+        &app,
         policy,
+        &caller,
         entity.body,
         entity.etag,
         modified(entity.modified_ms),
@@ -62,10 +68,13 @@ pub async fn get_entity(
 /// `Last-Modified` the newest member's.
 pub async fn get_batch(
     State(app): State<AppState>,
+    req_headers: HeaderMap,
     Path(entity): Path<String>,
     RawQuery(query): RawQuery,
 ) -> Result<Response, ApiError> {
+    let caller = app.auth.authenticate(&req_headers)?;
     let (name, policy) = entity_policy(&app, &entity)?;
+    let view = caller.view(name.as_str())?;
     let mut ids = Vec::new();
     for (k, v) in form_urlencoded::parse(query.as_deref().unwrap_or("").as_bytes()) {
         if k != "id" {
@@ -91,7 +100,7 @@ pub async fn get_batch(
     }
     let found = match app
         .store
-        .get_many(&name, &ids, policy.max_staleness_ms)
+        .get_many(&name, &ids, policy.max_staleness_ms, view)
         .await
         .map_err(|e| unavailable(&app, &name, &e))?
     {
@@ -105,7 +114,15 @@ pub async fn get_batch(
     let (body, newest) = batch_body(&ids, &found);
     let etag = etag_of(&body);
     let tags = app.surrogate_keys(&name, &ids);
-    Ok(representation(policy, body, etag, modified(newest), tags))
+    Ok(representation(
+        &app,
+        policy,
+        &caller,
+        body,
+        etag,
+        modified(newest),
+        tags,
+    ))
 }
 
 fn batch_body(ids: &[EntityId], found: &[Option<Entity>]) -> (Vec<u8>, i64) {
@@ -131,9 +148,14 @@ fn batch_body(ids: &[EntityId], found: &[Option<Entity>]) -> (Vec<u8>, i64) {
     (body, newest)
 }
 
-/// A 200 with the body, its validators and caching headers.
+/// A 200 with the body, its validators and caching headers: the entity's
+/// `Cache-Control` for anonymous callers, `private` for token holders
+/// (unless the operator opted in to shared caches keyed on
+/// `Authorization`).
 fn representation(
+    app: &AppState,
     policy: &EntityPolicy,
+    caller: &Caller,
     body: Vec<u8>,
     etag: String,
     last_modified: SystemTime,
@@ -144,8 +166,20 @@ fn representation(
         header::CONTENT_TYPE,
         HeaderValue::from_static("application/json"),
     );
-    headers.insert(header::CACHE_CONTROL, policy.cache_control.clone());
-    headers.insert(header::VARY, HeaderValue::from_static("Accept-Encoding"));
+    let cache_control = if caller.authenticated && !app.auth.shared_cache {
+        &policy.private_cache_control
+    } else {
+        &policy.cache_control
+    };
+    headers.insert(header::CACHE_CONTROL, cache_control.clone());
+    headers.insert(
+        header::VARY,
+        HeaderValue::from_static(if app.auth.enabled {
+            "Accept-Encoding, Authorization"
+        } else {
+            "Accept-Encoding"
+        }),
+    );
     headers.typed_insert(LastModified::from(last_modified));
     if let Some((name, value)) = surrogate {
         headers.insert(name, value);

@@ -6,6 +6,7 @@
 //! 404: if Redis was flushed, replaced or is rebuilding, the answer is 503,
 //! never a false 404.
 
+use crate::auth::View;
 use foldcache_common::id::{EntityId, EntityName};
 use foldcache_common::keys::{
     InstanceBeat, KeySpace, META_ETAG, META_MODIFIED_MS, META_PREFIX, state_field,
@@ -30,12 +31,12 @@ pub struct CacheView {
     pub fresh_ms: Option<i64>,
 }
 
-/// One entity, as served.
+/// One entity, as served in one view.
 #[derive(Debug, Clone)]
 pub struct Entity {
     /// Canonical JSON body.
     pub body: Vec<u8>,
-    /// Strong validator (without quotes).
+    /// Strong validator of this view (without quotes).
     pub etag: String,
     /// Record time, ms since the epoch.
     pub modified_ms: i64,
@@ -161,15 +162,13 @@ impl Store {
         entity: &EntityName,
         id: &EntityId,
         max_staleness_ms: Option<i64>,
+        view: &View,
     ) -> redis::RedisResult<Lookup> {
-        let view = self.view();
-        if !view.ready {
+        let state = self.view();
+        if !state.ready || stale(&state, max_staleness_ms) {
             return Ok(Lookup::NotReady);
         }
-        if stale(&view, max_staleness_ms) {
-            return Ok(Lookup::NotReady);
-        }
-        let key = self.keys.entity(view.live_gen, entity, id);
+        let key = self.keys.entity(state.live_gen, entity, id);
         let fields: Vec<(String, String)> = redis::cmd("HGETALL")
             .arg(&key)
             .query_async(&mut self.con.clone())
@@ -178,15 +177,22 @@ impl Store {
             // Confirm before saying 404: the marker may have changed since the
             // last poll (flush, rebuild, generation swap).
             let now = self.refresh().await?;
-            return Ok(
-                if now.ready && now.live_gen == view.live_gen && !stale(&now, max_staleness_ms) {
-                    Lookup::NotFound
-                } else {
-                    Lookup::NotReady
-                },
+            let not_found =
+                now.ready && now.live_gen == state.live_gen && !stale(&now, max_staleness_ms);
+            tracing::debug!(
+                %entity,
+                generation = state.live_gen,
+                generation_now = now.live_gen,
+                not_found,
+                "no hash for the id"
             );
+            return Ok(if not_found {
+                Lookup::NotFound
+            } else {
+                Lookup::NotReady
+            });
         }
-        Ok(decode_hash(&fields).map_or(Lookup::NotFound, Lookup::Found))
+        Ok(decode_hash(&fields, view).map_or(Lookup::NotFound, Lookup::Found))
     }
 }
 
@@ -198,24 +204,25 @@ impl Store {
         entity: &EntityName,
         ids: &[EntityId],
         max_staleness_ms: Option<i64>,
+        view: &View,
     ) -> redis::RedisResult<Option<Vec<Option<Entity>>>> {
-        let view = self.view();
-        if !view.ready || stale(&view, max_staleness_ms) {
+        let state = self.view();
+        if !state.ready || stale(&state, max_staleness_ms) {
             return Ok(None);
         }
         let mut pipe = redis::pipe();
         for id in ids {
             pipe.cmd("HGETALL")
-                .arg(self.keys.entity(view.live_gen, entity, id));
+                .arg(self.keys.entity(state.live_gen, entity, id));
         }
         let hashes: Vec<Vec<(String, String)>> = pipe.query_async(&mut self.con.clone()).await?;
         if hashes.iter().any(Vec::is_empty) {
             let now = self.refresh().await?;
-            if !now.ready || now.live_gen != view.live_gen || stale(&now, max_staleness_ms) {
+            if !now.ready || now.live_gen != state.live_gen || stale(&now, max_staleness_ms) {
                 return Ok(None);
             }
         }
-        Ok(Some(hashes.iter().map(|h| decode_hash(h)).collect()))
+        Ok(Some(hashes.iter().map(|h| decode_hash(h, view)).collect()))
     }
 }
 
@@ -223,9 +230,9 @@ fn stale(view: &CacheView, max_staleness_ms: Option<i64>) -> bool {
     max_staleness_ms.is_some_and(|bound| view.fresh_ms.is_none_or(|f| now_ms() - f > bound))
 }
 
-/// Splits a hash into the body and its stored validators. `None` if the
+/// Splits a hash into `view`'s body and validator. `None` if the stored
 /// validators are missing (never written by ingest).
-fn decode_hash(fields: &[(String, String)]) -> Option<Entity> {
+fn decode_hash(fields: &[(String, String)], view: &View) -> Option<Entity> {
     if fields.is_empty() {
         return None;
     }
@@ -237,12 +244,13 @@ fn decode_hash(fields: &[(String, String)]) -> Option<Entity> {
             META_ETAG => etag = Some(v.clone()),
             META_MODIFIED_MS => modified_ms = v.parse().ok(),
             other if other.starts_with(META_PREFIX) => {}
-            other => data.push((other, v)),
+            other if view.shows(other) => data.push((other, v)),
+            _ => {}
         }
     }
     Some(Entity {
         body: assemble_body(&mut data),
-        etag: etag?,
+        etag: view.etag(&etag?),
         modified_ms: modified_ms?,
     })
 }
