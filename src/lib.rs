@@ -193,6 +193,16 @@ fn tee(
     });
 }
 
+/// The `redis-server` to start: `$FOLDCACHE_REDIS_SERVER`, `PATH`, or
+/// Debian's.
+pub fn redis_server_binary() -> Result<PathBuf> {
+    find_binary(
+        "FOLDCACHE_REDIS_SERVER",
+        "redis-server",
+        &[PathBuf::from("/usr/bin/redis-server")],
+    )
+}
+
 fn find_binary(env_var: &str, name: &str, fallbacks: &[PathBuf]) -> Result<PathBuf> {
     if let Ok(p) = std::env::var(env_var) {
         return Ok(PathBuf::from(p));
@@ -242,12 +252,7 @@ pub struct RedisServer {
 impl RedisServer {
     /// Starts it and waits until it answers PING.
     pub async fn start() -> Result<Self> {
-        let bin = find_binary(
-            "FOLDCACHE_REDIS_SERVER",
-            "redis-server",
-            &[PathBuf::from("/usr/bin/redis-server")],
-        )?;
-        Self::start_on(&bin, free_port()).await
+        Self::start_on(&redis_server_binary()?, free_port()).await
     }
 
     /// Starts one on `port` (to restart "the same" Redis empty).
@@ -544,12 +549,17 @@ entity = "permissions"
 
     /// Starts a `query-api` process on this stack.
     pub fn spawn_query_api(&self) -> Result<Process> {
+        self.spawn_query_api_with(&[])
+    }
+
+    /// Starts a `query-api` process with extra environment.
+    pub fn spawn_query_api_with(&self, env: &[(&str, &str)]) -> Result<Process> {
         let config = self.config_path();
         Process::spawn(
             &format!("query-api@{}", self.http_port),
             &foldcache_binary("query-api")?,
             &["--config", &config.to_string_lossy()],
-            &[],
+            env,
         )
     }
 

@@ -108,9 +108,20 @@ pub const FULL_VIEW: &str = "full";
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RedisConfig {
-    /// `redis://[user:password@]host:port[/db]`. May carry a password,
-    /// hence never printed. (TLS, `rediss://`, is not compiled in yet.)
+    /// `redis://[user:password@]host:port[/db]`, or `rediss://...` for TLS.
+    /// May carry an ACL user and password, hence a secret: give it through
+    /// `FOLDCACHE__REDIS__URL` or `url = { file = "..." }`; never printed.
     pub url: Secret<String>,
+    /// PEM CA certificate(s) to trust for `rediss://` (default: the
+    /// system's roots).
+    #[serde(default)]
+    pub tls_ca_file: Option<std::path::PathBuf>,
+    /// PEM client certificate for mutual TLS (with `tls_key_file`).
+    #[serde(default)]
+    pub tls_cert_file: Option<std::path::PathBuf>,
+    /// PEM private key of `tls_cert_file`.
+    #[serde(default)]
+    pub tls_key_file: Option<std::path::PathBuf>,
     /// Prefix of every key foldcache writes (see [`crate::keys`]).
     pub key_prefix: String,
 }
@@ -211,6 +222,19 @@ pub struct HttpConfig {
     pub surrogate_key_header: String,
     /// Most ids in one batch lookup.
     pub max_batch_ids: usize,
+    /// Serve HTTPS on `listen` with this certificate (unset: plain HTTP).
+    #[serde(default)]
+    pub tls: Option<HttpTlsConfig>,
+}
+
+/// query-api's server certificate.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HttpTlsConfig {
+    /// PEM certificate chain, leaf first.
+    pub cert_file: std::path::PathBuf,
+    /// PEM private key (PKCS#8, PKCS#1 or SEC1).
+    pub key_file: std::path::PathBuf,
 }
 
 /// Log output.
@@ -340,6 +364,9 @@ impl Default for Config {
         Self {
             redis: RedisConfig {
                 url: Secret::new("redis://127.0.0.1:6379".into()),
+                tls_ca_file: None,
+                tls_cert_file: None,
+                tls_key_file: None,
                 key_prefix: "fc".into(),
             },
             kafka: KafkaConfig {
@@ -371,6 +398,7 @@ impl Default for Config {
                 compression: true,
                 surrogate_key_header: "Surrogate-Key".into(),
                 max_batch_ids: 100,
+                tls: None,
             },
             log: LogConfig {
                 filter: "info".into(),

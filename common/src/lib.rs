@@ -8,6 +8,7 @@
 //!   hash.
 //! - [`state`]: an entity's state as foldcache stores it (one hash field per
 //!   top-level JSON member), its canonical encoding and its strong validator.
+//! - [`redis_client`]: the Redis client (TLS, ACL credentials) from `[redis]`.
 //! - [`secret`]: a wrapper that keeps credentials out of logs and errors.
 //! - [`runtime`]: wall-clock time and the shutdown signal.
 //! - [`telemetry`]: logging set-up shared by both binaries.
@@ -15,6 +16,7 @@
 pub mod config;
 pub mod id;
 pub mod keys;
+pub mod redis_client;
 pub mod runtime;
 pub mod secret;
 pub mod state;

@@ -235,8 +235,7 @@ impl Ingest {
     pub fn new(config: Config) -> anyhow::Result<Self> {
         let sources = Sources::from_config(&config)?;
         let keys = KeySpace::new(config.redis.key_prefix.clone());
-        let redis = redis::Client::open(config.redis.url.expose().as_str())
-            .context("redis.url is not a valid Redis URL")?;
+        let redis = foldcache_common::redis_client::client(&config.redis)?;
         Ok(Self {
             folder: Folder::new(keys.clone()),
             state: StateStore::new(keys.clone()),

@@ -107,6 +107,7 @@ async fn run_main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     let config = Config::load(cli.config.as_deref())?;
     foldcache_common::telemetry::init(&config.log);
+    foldcache_common::redis_client::install_tls_provider();
     match cli.command.unwrap_or(Command::Run) {
         Command::Run => run(config).await,
         Command::CreateTopics {

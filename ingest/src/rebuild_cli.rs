@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 /// Requests a rebuild; with `wait`, follows it to the swap.
 pub async fn run(config: &Config, wait: bool) -> anyhow::Result<()> {
-    let client = redis::Client::open(config.redis.url.expose().as_str()).context("redis.url")?;
+    let client = foldcache_common::redis_client::client(&config.redis)?;
     let mut con = client
         .get_multiplexed_async_connection()
         .await

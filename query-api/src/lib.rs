@@ -203,8 +203,7 @@ pub async fn serve(
     config: &Config,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
-    let client = redis::Client::open(config.redis.url.expose().as_str())
-        .map_err(|e| anyhow::anyhow!("redis.url is not a valid Redis URL: {e}"))?;
+    let client = foldcache_common::redis_client::client(&config.redis)?;
     let keys = KeySpace::new(config.redis.key_prefix.clone());
     let store = loop {
         match Store::connect(client.clone(), keys.clone()).await {
@@ -226,10 +225,39 @@ pub async fn serve(
         );
     }
     let app = router(AppState::new(store, config), config.http.compression);
-    tracing::info!(addr = %listener.local_addr()?, "query-api listening");
-    let result = axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown)
-        .await;
+    let result = match &config.http.tls {
+        None => {
+            tracing::info!(addr = %listener.local_addr()?, "query-api listening (HTTP)");
+            axum::serve(listener, app)
+                .with_graceful_shutdown(shutdown)
+                .await
+        }
+        Some(tls) => {
+            let rustls = axum_server::tls_rustls::RustlsConfig::from_pem_chain_file(
+                &tls.cert_file,
+                &tls.key_file,
+            )
+            .await
+            .map_err(|e| {
+                anyhow::anyhow!(
+                    "http.tls: loading {} and {}: {e}",
+                    tls.cert_file.display(),
+                    tls.key_file.display()
+                )
+            })?;
+            tracing::info!(addr = %listener.local_addr()?, "query-api listening (HTTPS)");
+            let handle = axum_server::Handle::new();
+            let on_shutdown = handle.clone();
+            tokio::spawn(async move {
+                shutdown.await;
+                on_shutdown.graceful_shutdown(Some(Duration::from_secs(10)));
+            });
+            axum_server::from_tcp_rustls(listener.into_std()?, rustls)?
+                .handle(handle)
+                .serve(app.into_make_service())
+                .await
+        }
+    };
     poller.abort();
     Ok(result?)
 }

@@ -31,6 +31,7 @@ async fn run_main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     let config = Config::load(cli.config.as_deref())?;
     foldcache_common::telemetry::init(&config.log);
+    foldcache_common::redis_client::install_tls_provider();
 
     let metrics = PrometheusBuilder::new()
         .set_buckets_for_metric(
