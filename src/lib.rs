@@ -193,6 +193,20 @@ fn tee(
     });
 }
 
+/// The Tansu broker: `$FOLDCACHE_TANSU`, `PATH`, or the cache that
+/// `scripts/dev install` builds into.
+pub fn tansu_binary() -> Result<PathBuf> {
+    let home = std::env::var("HOME").unwrap_or_else(|_| "/root".into());
+    let cache = std::env::var("XDG_CACHE_HOME").unwrap_or_else(|_| format!("{home}/.cache"));
+    find_binary(
+        "FOLDCACHE_TANSU",
+        "tansu",
+        &[PathBuf::from(format!(
+            "{cache}/foldcache/tansu-0.6.0/bin/tansu"
+        ))],
+    )
+}
+
 /// The `redis-server` to start: `$FOLDCACHE_REDIS_SERVER`, `PATH`, or
 /// Debian's.
 pub fn redis_server_binary() -> Result<PathBuf> {
@@ -324,17 +338,18 @@ pub struct Broker {
 impl Broker {
     /// Starts it and waits until it answers a metadata request.
     pub async fn start() -> Result<Self> {
-        let home = std::env::var("HOME").unwrap_or_else(|_| "/root".into());
-        let cache = std::env::var("XDG_CACHE_HOME").unwrap_or_else(|_| format!("{home}/.cache"));
-        let bin = find_binary(
-            "FOLDCACHE_TANSU",
-            "tansu",
-            &[PathBuf::from(format!(
-                "{cache}/foldcache/tansu-0.6.0/bin/tansu"
-            ))],
-        )?;
         let port = free_port();
+        let broker = Self::spawn(port, port)?;
+        broker.wait_for_metadata(ClientConfig::new()).await?;
+        Ok(broker)
+    }
+
+    /// Starts one listening on `port` that tells clients to connect to
+    /// `advertised` (a TLS terminator in front of it, say). Returns at once.
+    pub fn spawn(port: u16, advertised: u16) -> Result<Self> {
+        let bin = tansu_binary()?;
         let url = format!("tcp://127.0.0.1:{port}");
+        let advertised_url = format!("tcp://127.0.0.1:{advertised}");
         let process = Process::spawn(
             "tansu",
             &bin,
@@ -343,27 +358,32 @@ impl Broker {
                 "--listener-url",
                 &url,
                 "--advertised-listener-url",
-                &url,
+                &advertised_url,
                 "--storage-engine",
                 "memory://tansu/",
             ],
             &[("RUST_LOG", "warn")],
         )?;
-        let broker = Self {
+        Ok(Self {
             port,
             _process: process,
-        };
-        let brokers = broker.bootstrap();
+        })
+    }
+
+    /// Waits until the broker answers a metadata request made with `client`
+    /// (plus `bootstrap.servers`, if `client` has none).
+    pub async fn wait_for_metadata(&self, mut client: ClientConfig) -> Result<()> {
+        if client.get("bootstrap.servers").is_none() {
+            client.set("bootstrap.servers", self.bootstrap());
+        }
         eventually(
             "the broker to answer metadata",
             Duration::from_secs(20),
             || {
-                let brokers = brokers.clone();
+                let client = client.clone();
                 async move {
                     tokio::task::spawn_blocking(move || {
-                        let c: BaseConsumer = ClientConfig::new()
-                            .set("bootstrap.servers", &brokers)
-                            .create()?;
+                        let c: BaseConsumer = client.create()?;
                         Ok(c.fetch_metadata(None, Duration::from_secs(2))
                             .ok()
                             .map(|_| ()))
@@ -372,8 +392,7 @@ impl Broker {
                 }
             },
         )
-        .await?;
-        Ok(broker)
+        .await
     }
 
     /// `127.0.0.1:PORT`.
@@ -642,4 +661,59 @@ pub async fn http_status(url: &str) -> Result<u16> {
         .nth(1)
         .and_then(|c| c.parse().ok())
         .context("no HTTP status line")
+}
+
+/// A TLS terminator: accepts TLS on a free port with the given certificate
+/// and forwards the plain bytes to `127.0.0.1:upstream`. Stands in for a
+/// broker's TLS listener where the broker has none (Tansu 0.6.0). Stops
+/// when dropped.
+#[derive(Debug)]
+pub struct TlsProxy {
+    port: u16,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl TlsProxy {
+    /// Starts it on `port` (PEM certificate chain and key files).
+    pub async fn start(port: u16, cert: &Path, key: &Path, upstream: u16) -> Result<Self> {
+        use rustls::pki_types::pem::PemObject;
+        use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+        let certs = CertificateDer::pem_file_iter(cert)?.collect::<Result<Vec<_>, _>>()?;
+        let key = PrivateKeyDer::from_pem_file(key)?;
+        let config = rustls::ServerConfig::builder_with_provider(std::sync::Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()?
+        .with_no_client_auth()
+        .with_single_cert(certs, key)?;
+        let acceptor = tokio_rustls::TlsAcceptor::from(std::sync::Arc::new(config));
+        let listener = tokio::net::TcpListener::bind(("127.0.0.1", port)).await?;
+        let task = tokio::spawn(async move {
+            while let Ok((tcp, _)) = listener.accept().await {
+                let acceptor = acceptor.clone();
+                tokio::spawn(async move {
+                    let Ok(mut tls) = acceptor.accept(tcp).await else {
+                        return;
+                    };
+                    if let Ok(mut up) =
+                        tokio::net::TcpStream::connect(("127.0.0.1", upstream)).await
+                    {
+                        let _ = tokio::io::copy_bidirectional(&mut tls, &mut up).await;
+                    }
+                });
+            }
+        });
+        Ok(Self { port, task })
+    }
+
+    /// The TLS port.
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+}
+
+impl Drop for TlsProxy {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
 }

@@ -125,10 +125,25 @@ async fn assert_final(stack: &Stack, last: &HashMap<String, u64>) -> Result<()> 
 #[tokio::test(flavor = "multi_thread")]
 async fn on_demand_rebuild_swaps_generations_without_a_404_or_a_step_back() -> Result<()> {
     let admin_port = foldcache::free_port();
-    let stack = Arc::new(Stack::start(2, "").await?);
+    // Tokens: an admin ("ops") and a reader; anonymous reads stay open for
+    // the reader task.
+    let auth = r#"
+[auth]
+anonymous = { employees = "full" }
+
+[[auth.tokens]]
+name = "ops"
+sha256 = "dca1dca2f14b59150c804ed2248984c452ed6cedaa13af35fd12a6e3144aa3b1"
+admin = true
+
+[[auth.tokens]]
+name = "reader"
+sha256 = "fcb324dd10d2ce4bda1acc9c8d4657ea10e4011e36665e46507422619003c4df"
+grants = { employees = "full" }
+"#;
+    let stack = Arc::new(Stack::start(2, auth).await?);
     let admin_listen = format!("127.0.0.1:{admin_port}");
-    let _ingest = stack.spawn_ingest_with(&[
-        ("FOLDCACHE__INGEST__ADMIN_TOKEN", "s3cret-admin"),
+    let ingest = stack.spawn_ingest_with(&[
         ("FOLDCACHE__INGEST__ADMIN_LISTEN", &admin_listen),
         ("FOLDCACHE__INGEST__REBUILD_RETIRE_GRACE_MS", "1500"),
     ])?;
@@ -137,7 +152,8 @@ async fn on_demand_rebuild_swaps_generations_without_a_404_or_a_step_back() -> R
     let base = stack.base_url();
     let r = tokio::spawn(reader(base.clone(), stop.clone(), false));
 
-    // The admin endpoint: no token, wrong token, then the real one.
+    // The admin endpoint: no token, an unknown one, a read token, then the
+    // admin's.
     let client = reqwest::Client::new();
     let url = format!("http://127.0.0.1:{admin_port}/admin/rebuild");
     assert_eq!(
@@ -146,16 +162,34 @@ async fn on_demand_rebuild_swaps_generations_without_a_404_or_a_step_back() -> R
     );
     assert_eq!(
         client.post(&url).bearer_auth("nope").send().await?.status(),
-        StatusCode::FORBIDDEN
+        StatusCode::UNAUTHORIZED
     );
-    let started = client.post(&url).bearer_auth("s3cret-admin").send().await?;
+    assert_eq!(
+        client
+            .post(&url)
+            .bearer_auth("reader-token-81d2")
+            .send()
+            .await?
+            .status(),
+        StatusCode::FORBIDDEN,
+        "a read token has no admin scope"
+    );
+    let started = client
+        .post(&url)
+        .bearer_auth("ops-admin-token-3c9e")
+        .send()
+        .await?;
     assert_eq!(started.status(), StatusCode::ACCEPTED);
     assert_eq!(
         started.json::<Value>().await?,
         json!({"outcome": "started", "generation": 2})
     );
     // Only one at a time.
-    let again = client.post(&url).bearer_auth("s3cret-admin").send().await?;
+    let again = client
+        .post(&url)
+        .bearer_auth("ops-admin-token-3c9e")
+        .send()
+        .await?;
     assert_eq!(again.status(), StatusCode::CONFLICT);
     assert_eq!(
         again.json::<Value>().await?["outcome"],
@@ -202,6 +236,26 @@ async fn on_demand_rebuild_swaps_generations_without_a_404_or_a_step_back() -> R
     assert!(reads > 100, "the reader kept reading ({reads})");
     assert_eq!(unavailable, 0);
     assert_final(&stack, &last).await?;
+
+    // The audit log: who, what, outcome (the line's timestamp is when);
+    // the refusals too; never a token.
+    let log = std::fs::read_to_string(ingest.log_path())?;
+    let audit: Vec<&str> = log.lines().filter(|l| l.contains("audit")).collect();
+    assert!(
+        audit.iter().any(|l| l.contains("action=\"rebuild\"")
+            && l.contains("who=ops")
+            && l.contains("outcome=\"started\"")),
+        "{audit:#?}"
+    );
+    assert!(
+        audit
+            .iter()
+            .any(|l| l.contains("outcome=\"refused\"") && l.contains("status=403")),
+        "{audit:#?}"
+    );
+    for secret in ["ops-admin-token-3c9e", "reader-token-81d2"] {
+        assert!(!log.contains(secret), "a token in the log");
+    }
     Ok(())
 }
 

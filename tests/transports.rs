@@ -5,7 +5,7 @@
 
 use anyhow::{Context, Result, ensure};
 use foldcache::{Process, Stack, eventually, free_port, redis_server_binary};
-use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair};
+use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, DnType, IsCa, KeyPair};
 use serde_json::json;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -25,10 +25,17 @@ fn pki() -> Result<Pki> {
     let dir = tempfile::tempdir()?;
     let mut ca_params = CertificateParams::new(Vec::<String>::new())?;
     ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    // Distinct names: OpenSSL takes a leaf whose issuer equals its subject
+    // for self-signed.
+    ca_params
+        .distinguished_name
+        .push(DnType::CommonName, "foldcache test CA");
     let ca = CertifiedIssuer::self_signed(ca_params, KeyPair::generate()?)?;
     let key = KeyPair::generate()?;
-    let cert = CertificateParams::new(vec!["127.0.0.1".to_owned(), "localhost".to_owned()])?
-        .signed_by(&key, &ca)?;
+    let mut leaf = CertificateParams::new(vec!["127.0.0.1".to_owned(), "localhost".to_owned()])?;
+    leaf.distinguished_name
+        .push(DnType::CommonName, "127.0.0.1");
+    let cert = leaf.signed_by(&key, &ca)?;
     let write = |name: &str, pem: String| -> Result<PathBuf> {
         let p = dir.path().join(name);
         std::fs::write(&p, pem)?;
@@ -204,5 +211,161 @@ async fn redis_over_tls_with_an_acl_user_and_https_from_query_api() -> Result<()
             p.display()
         );
     }
+    Ok(())
+}
+
+/// Ingest's every Kafka client (admin for `create-topics`, consumer,
+/// dead-letter producer) over TLS with a private CA. Tansu 0.6.0 has no TLS
+/// listener of its own, so a TLS terminator stands in front of it and Tansu
+/// advertises the terminator's address.
+#[tokio::test(flavor = "multi_thread")]
+async fn ingest_reads_kafka_over_tls() -> Result<()> {
+    use rdkafka::ClientConfig;
+    let pki = pki()?;
+    let (tansu_port, tls_port) = (free_port(), free_port());
+    let broker = foldcache::Broker::spawn(tansu_port, tls_port)?;
+    let _proxy = foldcache::TlsProxy::start(tls_port, &pki.cert, &pki.key, tansu_port).await?;
+    let ca = pki.ca.to_string_lossy().into_owned();
+    let mut tls_client = ClientConfig::new();
+    tls_client
+        .set("bootstrap.servers", format!("127.0.0.1:{tls_port}"))
+        .set("security.protocol", "SSL")
+        .set("ssl.ca.location", &ca);
+    broker.wait_for_metadata(tls_client.clone()).await?;
+
+    let redis = foldcache::RedisServer::start().await?;
+    let dir = tempfile::tempdir()?;
+    let config = dir.path().join("foldcache.toml");
+    std::fs::write(
+        &config,
+        format!(
+            r#"
+[redis]
+url = "{redis}"
+[kafka]
+brokers = "127.0.0.1:{tls_port}"
+group_id = "tls-test"
+dead_letter_topic = "tls.dead-letter"
+[kafka.client]
+"security.protocol" = "SSL"
+"ssl.ca.location" = "{ca}"
+[ingest]
+admin_listen = "127.0.0.1:{admin}"
+[[sources]]
+topic = "tls.employees"
+entity = "employees"
+"#,
+            redis = redis.url(),
+            admin = free_port(),
+        ),
+    )?;
+    let ingest_bin = foldcache::foldcache_binary("ingest")?;
+    let config_arg = config.to_string_lossy().into_owned();
+    let status = std::process::Command::new(&ingest_bin)
+        .args([
+            "--config",
+            &config_arg,
+            "create-topics",
+            "--partitions",
+            "1",
+        ])
+        .status()?;
+    ensure!(status.success(), "create-topics over TLS failed");
+    let _ingest = Process::spawn(
+        "ingest-tls",
+        &ingest_bin,
+        &["--config", &config_arg, "run"],
+        &[],
+    )?;
+
+    let producer: rdkafka::producer::FutureProducer = tls_client.create()?;
+    let value = json!({"id": "E7", "name": "Lee"}).to_string();
+    producer
+        .send(
+            rdkafka::producer::FutureRecord::to("tls.employees")
+                .key("E7")
+                .payload(&value),
+            Duration::from_secs(10),
+        )
+        .await
+        .map_err(|(e, _)| e)?;
+    let mut con = redis.connection().await?;
+    eventually("E7 folded from the TLS listener", WAIT, || {
+        let mut con = con.clone();
+        async move {
+            let g: Option<u64> = redis::cmd("HGET")
+                .arg("fc:state")
+                .arg("live_gen")
+                .query_async(&mut con)
+                .await?;
+            let Some(g) = g else { return Ok(None) };
+            let name: Option<String> = redis::cmd("HGET")
+                .arg(format!("fc:g{g}:employees:E7"))
+                .arg("name")
+                .query_async(&mut con)
+                .await?;
+            Ok(name.filter(|n| n == "\"Lee\""))
+        }
+    })
+    .await?;
+    let _ = &mut con;
+    Ok(())
+}
+
+/// The documented production config (deploy/foldcache.kafka.toml: Kafka
+/// over SASL_SSL with SCRAM-SHA-512, Redis over TLS, HTTPS, tokens), with
+/// its secret files in place, loads; librdkafka (built with OpenSSL and
+/// SASL) accepts every `[kafka.client]` property for ingest's clients; the
+/// secrets come from their files and never show in the config's Debug
+/// output. Tansu 0.6.0 cannot run SASL here (its SCRAM users can only be
+/// created through the broker once authentication is already required, with
+/// nothing persisted), so the SASL handshake itself is not exercised.
+#[test]
+fn the_sasl_ssl_deploy_config_loads_and_librdkafka_accepts_it() -> Result<()> {
+    use rdkafka::consumer::BaseConsumer;
+    let pki = pki()?;
+    let dir = tempfile::tempdir()?;
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let text = std::fs::read_to_string(root.join("deploy/foldcache.kafka.toml"))?
+        .replace(
+            "/run/secrets/foldcache/",
+            &format!("{}/secrets/", dir.path().display()),
+        )
+        .replace("/etc/foldcache/", &format!("{}/etc/", dir.path().display()));
+    std::fs::create_dir_all(dir.path().join("secrets"))?;
+    std::fs::create_dir_all(dir.path().join("etc"))?;
+    let kafka_pw = "scram-pw-1e5f9a";
+    let redis_url = "rediss://foldcache:redis-pw-77aa01@127.0.0.1:6380/";
+    std::fs::write(
+        dir.path().join("secrets/kafka-password"),
+        format!("{kafka_pw}\n"),
+    )?;
+    std::fs::write(dir.path().join("secrets/redis-url"), redis_url)?;
+    std::fs::copy(&pki.key, dir.path().join("secrets/query-api.key"))?;
+    for ca in ["kafka-ca.pem", "redis-ca.pem"] {
+        std::fs::copy(&pki.ca, dir.path().join("etc").join(ca))?;
+    }
+    std::fs::copy(&pki.cert, dir.path().join("etc/query-api.pem"))?;
+    let path = dir.path().join("foldcache.toml");
+    std::fs::write(&path, text)?;
+
+    let config = foldcache_common::config::Config::load(Some(&path))?;
+    assert_eq!(config.kafka.client["sasl.password"].expose(), kafka_pw);
+    assert_eq!(config.redis.url.expose(), redis_url);
+    let debug = format!("{config:?}");
+    assert!(!debug.contains(kafka_pw) && !debug.contains("redis-pw-77aa01"));
+    assert!(!config.auth_is_open());
+    foldcache_common::redis_client::install_tls_provider();
+    foldcache_common::redis_client::client(&config.redis)?;
+
+    let consumer: Result<BaseConsumer, _> =
+        foldcache_ingest::consumer::kafka_client_config(&config)
+            .set("group.id", "config-check")
+            .create();
+    assert!(
+        consumer.is_ok(),
+        "librdkafka refused the SASL_SSL config: {:?}",
+        consumer.err()
+    );
     Ok(())
 }
