@@ -159,6 +159,24 @@ impl Process {
         false
     }
 
+    /// Waits up to `timeout` for the process to exit by itself; returns
+    /// whether it exited successfully (killing it on timeout).
+    pub fn wait(&mut self, timeout: Duration) -> bool {
+        let Some(mut c) = self.child.take() else {
+            return false;
+        };
+        let start = Instant::now();
+        while start.elapsed() < timeout {
+            if let Ok(Some(status)) = c.try_wait() {
+                return status.success();
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = c.kill();
+        let _ = c.wait();
+        false
+    }
+
     /// The OS process id, while running.
     pub fn pid(&self) -> Option<u32> {
         self.child.as_ref().map(Child::id)
