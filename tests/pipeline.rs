@@ -203,6 +203,83 @@ async fn poison_goes_to_the_dead_letter_topic_and_never_stalls_the_partition() -
     Ok(())
 }
 
+/// Keys that could address another Redis key (or are not ids at all) go to
+/// the dead-letter topic; nothing but the valid record's key is written.
+#[tokio::test(flavor = "multi_thread")]
+async fn hostile_kafka_keys_are_dead_lettered_and_write_no_key() -> Result<()> {
+    use rdkafka::consumer::{Consumer, StreamConsumer};
+    use rdkafka::message::{Headers, Message};
+    let stack = Stack::start(1, "").await?;
+    let _ingest = stack.spawn_ingest()?;
+    let _api = stack.spawn_query_api()?;
+    stack.wait_ready(WAIT).await?;
+    let mut con = stack.redis.connection().await?;
+    let before: Vec<String> = con.keys("*").await?;
+    let producer = stack.producer()?;
+    let topic = &stack.topics.employees;
+    let long = vec![b'a'; 10 * 1024];
+    let hostile: Vec<Vec<u8>> = vec![
+        b"*".to_vec(),
+        b"{x}".to_vec(),
+        b"..".to_vec(),
+        b"a\0b".to_vec(),
+        b"a b".to_vec(),
+        b"a\nb".to_vec(),
+        long,
+        vec![0xff, 0xfe, b'E', b'1'],
+        b"fc:g1:employees:E1".to_vec(),
+    ];
+    for key in &hostile {
+        stack
+            .produce(&producer, topic, Some(key), Some(br#"{"name":"x"}"#))
+            .await?;
+    }
+    stack
+        .produce(&producer, topic, Some(b"E1"), Some(br#"{"name":"ok"}"#))
+        .await?;
+    wait_status(
+        &format!("{}/v1/employees/E1", stack.base_url()),
+        StatusCode::OK,
+    )
+    .await?;
+
+    let consumer: StreamConsumer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", stack.broker.bootstrap())
+        .set("group.id", foldcache::unique("dlq-reader"))
+        .set("auto.offset.reset", "earliest")
+        .create()?;
+    consumer.subscribe(&[&stack.topics.dead_letter])?;
+    let mut dead = Vec::new();
+    while dead.len() < hostile.len() {
+        let m = tokio::time::timeout(WAIT, consumer.recv()).await??;
+        let reason = m
+            .headers()
+            .and_then(|h| h.iter().find(|h| h.key == "foldcache.reason"))
+            .and_then(|h| h.value)
+            .map(<[u8]>::to_vec);
+        assert_eq!(reason.as_deref(), Some(&b"invalid_id"[..]));
+        dead.push(m.key().map(<[u8]>::to_vec).unwrap_or_default());
+    }
+    dead.sort();
+    let mut expected = hostile.clone();
+    expected.sort();
+    assert_eq!(
+        dead, expected,
+        "every hostile key is dead-lettered as it was"
+    );
+
+    // Only E1's hash (and bookkeeping) is new.
+    let after: Vec<String> = con.keys("*").await?;
+    let new: Vec<&String> = after.iter().filter(|k| !before.contains(k)).collect();
+    assert!(
+        new.iter()
+            .all(|k| k.ends_with(":employees:E1") || k.ends_with(":offsets")),
+        "unexpected keys: {new:?}"
+    );
+    assert!(new.iter().any(|k| k.ends_with(":employees:E1")));
+    Ok(())
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn not_ready_is_503_with_retry_after_never_404() -> Result<()> {
     let stack = Stack::start(1, "").await?;
