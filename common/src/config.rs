@@ -222,6 +222,9 @@ pub struct HttpConfig {
     pub surrogate_key_header: String,
     /// Most ids in one batch lookup.
     pub max_batch_ids: usize,
+    /// Entities (per view) held in query-api's in-process cache, kept exact
+    /// by Redis client-side-caching invalidations; `0` disables it.
+    pub local_cache_entries: u64,
     /// Serve HTTPS on `listen` with this certificate (unset: plain HTTP).
     #[serde(default)]
     pub tls: Option<HttpTlsConfig>,
@@ -398,6 +401,7 @@ impl Default for Config {
                 compression: true,
                 surrogate_key_header: "Surrogate-Key".into(),
                 max_batch_ids: 100,
+                local_cache_entries: 100_000,
                 tls: None,
             },
             log: LogConfig {

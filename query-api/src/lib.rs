@@ -15,6 +15,7 @@ pub mod auth;
 pub mod cache_policy;
 pub mod conditional;
 pub mod error;
+pub mod local_cache;
 pub mod routes;
 pub mod store;
 
@@ -196,6 +197,21 @@ async fn track_metrics(req: Request, next: Next) -> Response {
     res
 }
 
+/// Every view name of every entity (`full` included).
+pub fn view_names(config: &Config) -> Vec<String> {
+    let mut names: Vec<String> = config
+        .entities
+        .values()
+        .flat_map(|e| e.views.keys().cloned())
+        .chain(std::iter::once(
+            foldcache_common::config::FULL_VIEW.to_owned(),
+        ))
+        .collect();
+    names.sort();
+    names.dedup();
+    names
+}
+
 /// Connects to Redis, starts the state poller and serves `listener` until
 /// `shutdown` resolves (in-flight requests finish).
 pub async fn serve(
@@ -205,7 +221,7 @@ pub async fn serve(
 ) -> anyhow::Result<()> {
     let client = foldcache_common::redis_client::client(&config.redis)?;
     let keys = KeySpace::new(config.redis.key_prefix.clone());
-    let store = loop {
+    let mut store = loop {
         match Store::connect(client.clone(), keys.clone()).await {
             Ok(s) => break s,
             Err(e) => {
@@ -214,6 +230,12 @@ pub async fn serve(
             }
         }
     };
+    let tracker = (config.http.local_cache_entries > 0).then(|| {
+        let cache =
+            local_cache::LocalCache::new(config.http.local_cache_entries, view_names(config));
+        store = store.clone().with_local_cache(cache.clone());
+        tokio::spawn(cache.track(client.clone(), config.redis.key_prefix.clone()))
+    });
     let poller = tokio::spawn(
         store
             .clone()
@@ -259,5 +281,8 @@ pub async fn serve(
         }
     };
     poller.abort();
+    if let Some(t) = tracker {
+        t.abort();
+    }
     Ok(result?)
 }

@@ -7,6 +7,7 @@
 //! never a false 404.
 
 use crate::auth::View;
+use crate::local_cache::LocalCache;
 use foldcache_common::id::{EntityId, EntityName};
 use foldcache_common::keys::{
     InstanceBeat, KeySpace, META_ETAG, META_MODIFIED_MS, META_PREFIX, state_field,
@@ -14,6 +15,7 @@ use foldcache_common::keys::{
 use foldcache_common::runtime::now_ms;
 use foldcache_common::state::assemble_body;
 use redis::aio::ConnectionManager;
+use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::watch;
 
@@ -35,7 +37,7 @@ pub struct CacheView {
 #[derive(Debug, Clone)]
 pub struct Entity {
     /// Canonical JSON body.
-    pub body: Vec<u8>,
+    pub body: bytes::Bytes,
     /// Strong validator of this view (without quotes).
     pub etag: String,
     /// Record time, ms since the epoch.
@@ -46,7 +48,7 @@ pub struct Entity {
 #[derive(Debug)]
 pub enum Lookup {
     /// The entity.
-    Found(Entity),
+    Found(Arc<Entity>),
     /// The log has no such entity (the cache is ready and current).
     NotFound,
     /// The cache is cold or rebuilding: no answer can be trusted.
@@ -57,6 +59,7 @@ pub enum Lookup {
 #[derive(Clone)]
 pub struct Store {
     keys: KeySpace,
+    local: Option<Arc<LocalCache>>,
     con: ConnectionManager,
     view: watch::Receiver<CacheView>,
     view_tx: watch::Sender<CacheView>,
@@ -77,12 +80,25 @@ impl Store {
         let (view_tx, view) = watch::channel(CacheView::default());
         let store = Self {
             keys,
+            local: None,
             con,
             view,
             view_tx,
         };
         store.refresh().await?;
         Ok(store)
+    }
+
+    /// Serves from `cache` while its invalidation connection is up (start
+    /// [`LocalCache::track`] beside it).
+    pub fn with_local_cache(mut self, cache: Arc<LocalCache>) -> Self {
+        self.local = Some(cache);
+        self
+    }
+
+    /// The in-process cache, if any.
+    pub fn local_cache(&self) -> Option<&Arc<LocalCache>> {
+        self.local.as_ref()
     }
 
     /// Re-reads the cache marker and the ingest instances' heartbeats.
@@ -169,8 +185,33 @@ impl Store {
             return Ok(Lookup::NotReady);
         }
         let key = self.keys.entity(state.live_gen, entity, id);
+        let ticket = match self.local.as_ref().map(|c| c.lookup(&key, &view.name)) {
+            Some(Ok(hit)) => return Ok(Lookup::Found(hit)),
+            Some(Err(ticket)) => ticket,
+            None => None,
+        };
+        let read = self
+            .read(&key, &state, entity, max_staleness_ms, view)
+            .await;
+        if let (Some(cache), Some(ticket)) = (&self.local, ticket) {
+            match &read {
+                Ok(Lookup::Found(e)) => cache.complete(ticket, e.clone()),
+                _ => cache.abandon(ticket),
+            }
+        }
+        read
+    }
+
+    async fn read(
+        &self,
+        key: &str,
+        state: &CacheView,
+        entity: &EntityName,
+        max_staleness_ms: Option<i64>,
+        view: &View,
+    ) -> redis::RedisResult<Lookup> {
         let fields: Vec<(String, String)> = redis::cmd("HGETALL")
-            .arg(&key)
+            .arg(key)
             .query_async(&mut self.con.clone())
             .await?;
         if fields.is_empty() {
@@ -192,7 +233,7 @@ impl Store {
                 Lookup::NotReady
             });
         }
-        Ok(decode_hash(&fields, view).map_or(Lookup::NotFound, Lookup::Found))
+        Ok(decode_hash(&fields, view).map_or(Lookup::NotFound, |e| Lookup::Found(Arc::new(e))))
     }
 }
 
@@ -249,7 +290,7 @@ fn decode_hash(fields: &[(String, String)], view: &View) -> Option<Entity> {
         }
     }
     Some(Entity {
-        body: assemble_body(&mut data),
+        body: assemble_body(&mut data).into(),
         etag: view.etag(&etag?),
         modified_ms: modified_ms?,
     })

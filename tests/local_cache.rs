@@ -1,0 +1,253 @@
+//! query-api's in-process cache against a real redis-server: updates folded
+//! by ingest's own code are served within 10 ms (worst case over 10,000
+//! updates); when the invalidation connection drops, the cache is emptied
+//! and bypassed until the connection is back.
+
+use anyhow::{Result, ensure};
+use axum::Router;
+use axum::body::Body;
+use axum::http::{Request, StatusCode};
+use foldcache::{RedisServer, eventually};
+use foldcache_common::config::{Config, ValueFormat};
+use foldcache_common::id::EntityName;
+use foldcache_common::keys::{InstanceBeat, KeySpace};
+use foldcache_ingest::decode::decode;
+use foldcache_ingest::fold::{Folder, PartitionBatch};
+use foldcache_ingest::source::Source;
+use foldcache_query_api::local_cache::{LocalCache, TRACKING_CLIENT_NAME};
+use foldcache_query_api::store::Store;
+use foldcache_query_api::{AppState, router, view_names};
+use http_body_util::BodyExt;
+use serde_json::{Value, json};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tower::ServiceExt;
+
+const EPOCH: &str = "test-epoch";
+
+struct Fixture {
+    redis: RedisServer,
+    con: redis::aio::MultiplexedConnection,
+    keys: KeySpace,
+    folder: Folder,
+    source: Source,
+    app: Router,
+    cache: Arc<LocalCache>,
+    offset: i64,
+    _tracker: tokio::task::JoinHandle<()>,
+}
+
+impl Fixture {
+    async fn start() -> Result<Self> {
+        let redis = RedisServer::start().await?;
+        let mut con = redis.connection().await?;
+        let keys = KeySpace::new("fc");
+        let now = foldcache_common::runtime::now_ms();
+        let beat = InstanceBeat {
+            alive_ms: now,
+            fresh_ms: Some(now),
+            interval_ms: 1000,
+        };
+        let () = redis::pipe()
+            .hset_multiple(
+                keys.state(),
+                &[("epoch", EPOCH), ("live_gen", "1"), ("ready", "1")],
+            )
+            .hset(keys.instances(), "i1", beat.encode())
+            .query_async(&mut con)
+            .await?;
+        let config = Config::default();
+        let client = redis::Client::open(redis.url())?;
+        let cache = LocalCache::new(10_000, view_names(&config));
+        let tracker = tokio::spawn(cache.clone().track(client.clone(), "fc".into()));
+        let store = Store::connect(client, keys.clone())
+            .await?
+            .with_local_cache(cache.clone());
+        let app = router(AppState::new(store, &config), false);
+        let mut f = Self {
+            redis,
+            con,
+            folder: Folder::new(keys.clone()),
+            keys,
+            source: Source {
+                topic: "hr.employees".into(),
+                entity: EntityName::parse("employees")?,
+                format: ValueFormat::Json,
+                id_prefix: String::new(),
+                ttl_ms: 600_000,
+            },
+            app,
+            cache,
+            offset: 0,
+            _tracker: tracker,
+        };
+        f.write(0).await?;
+        let cache = f.cache.clone();
+        eventually("tracking to be on", Duration::from_secs(10), || {
+            let cache = cache.clone();
+            async move { Ok(cache.enabled().then_some(())) }
+        })
+        .await?;
+        Ok(f)
+    }
+
+    /// Folds `{"id": "E1", "v": v}` as ingest does.
+    async fn write(&mut self, v: u64) -> Result<()> {
+        let value = json!({"id": "E1", "v": v}).to_string();
+        let d = decode(&self.source, Some(b"E1"), Some(value.as_bytes()), 1 << 20)
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
+        let mut batch = PartitionBatch::new("hr.employees", 0);
+        batch.push(&self.keys, 1, &self.source, self.offset, 0, d);
+        self.offset += 1;
+        self.folder.fold(&mut self.con, EPOCH, 1, &[batch]).await?;
+        Ok(())
+    }
+
+    async fn read_v(&self) -> Result<u64> {
+        let res = self
+            .app
+            .clone()
+            .oneshot(Request::get("/v1/employees/E1").body(Body::empty())?)
+            .await?;
+        ensure!(res.status() == StatusCode::OK, "status {}", res.status());
+        let body = res.into_body().collect().await?.to_bytes();
+        let v: Value = serde_json::from_slice(&body)?;
+        Ok(v["v"].as_u64().unwrap_or(u64::MAX))
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_folded_update_is_served_within_10_ms() -> Result<()> {
+    let mut f = Fixture::start().await?;
+    let mut worst = Duration::ZERO;
+    let mut total = Duration::ZERO;
+    const UPDATES: u64 = 10_000;
+    for v in 1..=UPDATES {
+        // Cache the current version first, so each update must invalidate
+        // a cached entry.
+        f.read_v().await?;
+        f.read_v().await?;
+        f.write(v).await?;
+        let folded = Instant::now();
+        loop {
+            let got = f.read_v().await?;
+            if got == v {
+                break;
+            }
+            ensure!(got < v, "read {got} after writing {v}");
+            ensure!(
+                folded.elapsed() < Duration::from_secs(1),
+                "update {v} not served after 1 s (still {got})"
+            );
+            tokio::task::yield_now().await;
+        }
+        let took = folded.elapsed();
+        worst = worst.max(took);
+        total += took;
+    }
+    let stats = f.cache.stats();
+    println!(
+        "{UPDATES} updates: worst {worst:?}, mean {:?}; {stats:?}",
+        total / UPDATES as u32
+    );
+    // The cache was really in use: most reads were hits, each update was
+    // invalidated by Redis.
+    assert!(stats.hits >= UPDATES, "{stats:?}");
+    assert!(stats.invalidations >= UPDATES, "{stats:?}");
+    assert_eq!(stats.bypassed, 0, "{stats:?}");
+    assert!(
+        worst <= Duration::from_millis(10),
+        "worst staleness {worst:?} over {UPDATES} updates"
+    );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dropped_invalidation_connection_empties_and_bypasses_the_cache() -> Result<()> {
+    let mut f = Fixture::start().await?;
+    f.read_v().await?;
+    f.read_v().await?;
+    assert!(f.cache.entry_count() >= 1);
+    let hits = f.cache.stats().hits;
+    assert!(hits >= 1);
+
+    // Kill the tracking connection, as a Redis restart or a network cut
+    // would. query-api reconnects after a back-off (100 ms at first): the
+    // window in which the cache must be off.
+    let mut admin = f.redis.connection().await?;
+    let kill = |mut admin: redis::aio::MultiplexedConnection| async move {
+        let list: String = redis::cmd("CLIENT")
+            .arg("LIST")
+            .query_async(&mut admin)
+            .await?;
+        let mut killed = 0;
+        for line in list.lines().filter(|l| l.contains(TRACKING_CLIENT_NAME)) {
+            if let Some(id) = line.split(' ').find_map(|kv| kv.strip_prefix("id=")) {
+                let _: redis::RedisResult<i64> = redis::cmd("CLIENT")
+                    .arg("KILL")
+                    .arg("ID")
+                    .arg(id)
+                    .query_async(&mut admin)
+                    .await;
+                killed += 1;
+            }
+        }
+        anyhow::Ok(killed)
+    };
+    ensure!(kill(admin.clone()).await? == 1, "one tracking connection");
+    let cache = f.cache.clone();
+    eventually("the cache to turn off", Duration::from_secs(5), || {
+        let cache = cache.clone();
+        async move { Ok((!cache.enabled()).then_some(())) }
+    })
+    .await?;
+    // Emptied, and bypassed: every read goes to Redis and sees every write
+    // at once, with no invalidation arriving.
+    assert_eq!(
+        f.cache.entry_count(),
+        0,
+        "emptied when the connection dropped"
+    );
+    let before = f.cache.stats();
+    let mut bypassed_reads = 0;
+    for v in 100..110 {
+        if f.cache.enabled() {
+            break; // reconnected already; the rest is checked below
+        }
+        f.write(v).await?;
+        assert_eq!(f.read_v().await?, v, "a bypassed read is never stale");
+        bypassed_reads += 1;
+    }
+    let after = f.cache.stats();
+    assert!(bypassed_reads >= 1, "the window was too short to observe");
+    assert_eq!(after.hits, before.hits, "no hit while off");
+    assert!(after.bypassed >= before.bypassed + bypassed_reads);
+
+    // Back: tracking on again, and the cache serves (and stays exact).
+    eventually(
+        "the cache to turn on again",
+        Duration::from_secs(10),
+        || {
+            let cache = cache.clone();
+            async move { Ok(cache.enabled().then_some(())) }
+        },
+    )
+    .await?;
+    f.write(500).await?;
+    assert_eq!(f.read_v().await?, 500);
+    assert_eq!(f.read_v().await?, 500);
+    assert!(
+        f.cache.stats().hits > after.hits,
+        "serving from the cache again"
+    );
+    f.write(501).await?;
+    let folded = Instant::now();
+    while f.read_v().await? != 501 {
+        ensure!(
+            folded.elapsed() < Duration::from_secs(1),
+            "stale after reconnect"
+        );
+    }
+    let _ = &mut admin;
+    Ok(())
+}
