@@ -103,6 +103,22 @@ impl Caller {
     }
 }
 
+/// The request's caller, as an extractor (reads `Authorization` in place,
+/// charges the rate limit; rejects with 401/429).
+#[derive(Debug)]
+pub struct Authenticated(pub Arc<Caller>);
+
+impl axum::extract::FromRequestParts<crate::AppState> for Authenticated {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(
+        parts: &mut http::request::Parts,
+        app: &crate::AppState,
+    ) -> Result<Self, ApiError> {
+        app.auth.authenticate(&parts.headers).map(Self)
+    }
+}
+
 /// The configured callers.
 #[derive(Debug)]
 pub struct Auth {

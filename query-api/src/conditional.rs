@@ -41,13 +41,35 @@ pub enum Outcome {
 }
 
 /// Validators of a selected representation, attached by the handler to its
-/// 200 response as an extension.
+/// 200 response as an extension. Header forms are rendered once (cached
+/// entities keep them).
 #[derive(Debug, Clone)]
 pub struct Validators {
     /// The stored strong validator, without quotes (identity encoding).
     pub etag: String,
+    /// `"<etag>"`, the identity representation's `ETag` header.
+    pub etag_header: HeaderValue,
     /// `Last-Modified`.
     pub last_modified: SystemTime,
+    /// `Last-Modified` as an HTTP date.
+    pub last_modified_header: HeaderValue,
+}
+
+impl Validators {
+    /// From a stored validator (base64url, so always a valid header) and a
+    /// time.
+    pub fn new(etag: String, last_modified: SystemTime) -> Self {
+        let etag_header = HeaderValue::from_str(&format!("\"{etag}\""))
+            .unwrap_or(HeaderValue::from_static("\"\""));
+        let last_modified_header = HeaderValue::from_str(&httpdate::fmt_http_date(last_modified))
+            .unwrap_or(HeaderValue::from_static("Thu, 01 Jan 1970 00:00:00 GMT"));
+        Self {
+            etag,
+            etag_header,
+            last_modified,
+            last_modified_header,
+        }
+    }
 }
 
 /// Evaluates the preconditions of a GET or HEAD against the current
@@ -113,27 +135,45 @@ pub async fn layer(req: Request, next: Next) -> Response {
     let Some(v) = res.extensions_mut().remove::<Validators>() else {
         return res;
     };
+    let identity = !res.headers().contains_key(CONTENT_ENCODING);
+    if identity {
+        res.headers_mut().insert(ETAG, v.etag_header.clone());
+        if conditions.is_empty() {
+            return res;
+        }
+        // The common revalidation: exactly one If-None-Match carrying
+        // exactly the current tag, nothing that outranks it. Same outcome
+        // as the full evaluation, without parsing.
+        if conditions.len() == 1 && conditions.get(IF_NONE_MATCH) == Some(&v.etag_header) {
+            return not_modified_from(res);
+        }
+    }
     let Some(etag) = representation_etag(&v.etag, res.headers().get(CONTENT_ENCODING)) else {
         return res;
     };
-    res.headers_mut().typed_insert(etag.clone());
+    if !identity {
+        res.headers_mut().typed_insert(etag.clone());
+    }
     match evaluate(&conditions, &etag, v.last_modified) {
         Outcome::Proceed => res,
         Outcome::PreconditionFailed => ApiError::PreconditionFailed.into_response(),
-        Outcome::NotModified => {
-            let len = res.body().size_hint().exact();
-            let mut nm = not_modified(res.headers());
-            // RFC 9110 §8.6: a Content-Length on a 304 must be the 200's.
-            // Without it, a HEAD 304 would go out as `Content-Length: 0`.
-            if let Some(len) = len
-                && !res.headers().contains_key(CONTENT_ENCODING)
-            {
-                nm.headers_mut()
-                    .insert(CONTENT_LENGTH, HeaderValue::from(len));
-            }
-            nm
-        }
+        Outcome::NotModified => not_modified_from(res),
     }
+}
+
+/// The 304 for a 200 that the preconditions turned down.
+fn not_modified_from(res: Response) -> Response {
+    let len = res.body().size_hint().exact();
+    let mut nm = not_modified(res.headers());
+    // RFC 9110 §8.6: a Content-Length on a 304 must be the 200's.
+    // Without it, a HEAD 304 would go out as `Content-Length: 0`.
+    if let Some(len) = len
+        && !res.headers().contains_key(CONTENT_ENCODING)
+    {
+        nm.headers_mut()
+            .insert(CONTENT_LENGTH, HeaderValue::from(len));
+    }
+    nm
 }
 
 /// A 304 with the 200's validators and caching headers, and no body.

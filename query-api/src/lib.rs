@@ -27,7 +27,7 @@ use axum::routing::get;
 use foldcache_common::config::Config;
 use foldcache_common::id::{EntityId, EntityName};
 use foldcache_common::keys::KeySpace;
-use http::{HeaderName, HeaderValue};
+use http::{HeaderName, HeaderValue, StatusCode};
 use std::collections::HashMap;
 use std::future::Future;
 use std::sync::Arc;
@@ -50,9 +50,21 @@ pub struct EntityPolicy {
     pub max_staleness_ms: Option<i64>,
 }
 
-/// Shared state of the handlers.
+/// Shared state of the handlers: one `Arc`, so the per-request clone axum
+/// makes is one atomic increment.
 #[derive(Debug, Clone)]
-pub struct AppState {
+pub struct AppState(Arc<App>);
+
+impl std::ops::Deref for AppState {
+    type Target = App;
+    fn deref(&self) -> &App {
+        &self.0
+    }
+}
+
+/// What [`AppState`] holds.
+#[derive(Debug)]
+pub struct App {
     /// Redis reads.
     pub store: Store,
     /// Policies by entity name; an entity not here is not served.
@@ -96,14 +108,14 @@ impl AppState {
                 let commas = name.as_str().eq_ignore_ascii_case("cache-tag");
                 (name, commas)
             });
-        Self {
+        Self(Arc::new(App {
             store,
             entities: Arc::new(entities),
             retry_after: config.http.retry_after_secs,
             max_batch_ids: config.http.max_batch_ids,
             surrogate,
             auth: Arc::new(auth::Auth::new(config)),
-        }
+        }))
     }
 
     /// Cache tags of a response about `ids` of `entity`: the entity type and
@@ -148,52 +160,103 @@ pub fn router(state: AppState, compression: bool) -> Router {
         );
     }
     app.layer(middleware::from_fn(conditional::layer))
-        .layer(middleware::from_fn(limit_headers))
         .layer(middleware::from_fn(track_metrics))
 }
 
 /// Largest header section accepted, in bytes (names + values).
 pub const MAX_HEADER_BYTES: usize = 16 * 1024;
 
-/// Refuses oversized header sections with a 431 problem+json.
-async fn limit_headers(req: Request, next: Next) -> Response {
+const ROUTES: [&str; 7] = [
+    "/v1/{entity}/{id}",
+    "/v1/{entity}",
+    "/healthz",
+    "/readyz",
+    "/openapi.json",
+    "other",
+    "unmatched",
+];
+const STATUSES: [u16; 13] = [
+    200, 304, 400, 401, 403, 404, 405, 412, 429, 431, 500, 503, 0,
+];
+
+/// Metric handles, registered once per (route, method, status) instead of
+/// looked up by labels on every request.
+struct HttpMetrics {
+    requests: Vec<std::sync::OnceLock<metrics::Counter>>,
+    latency: Vec<std::sync::OnceLock<metrics::Histogram>>,
+}
+
+fn http_metrics() -> &'static HttpMetrics {
+    static M: std::sync::OnceLock<HttpMetrics> = std::sync::OnceLock::new();
+    M.get_or_init(|| HttpMetrics {
+        requests: (0..ROUTES.len() * 2 * STATUSES.len())
+            .map(|_| std::sync::OnceLock::new())
+            .collect(),
+        latency: (0..ROUTES.len())
+            .map(|_| std::sync::OnceLock::new())
+            .collect(),
+    })
+}
+
+fn count_request(route: usize, head: bool, status: StatusCode, elapsed: Duration) {
+    let m = http_metrics();
+    let s = STATUSES
+        .iter()
+        .position(|c| *c == status.as_u16())
+        .unwrap_or(STATUSES.len() - 1);
+    let idx = (route * 2 + usize::from(head)) * STATUSES.len() + s;
+    m.requests[idx]
+        .get_or_init(|| {
+            let status: metrics::SharedString = match STATUSES[s] {
+                0 => "other".into(),
+                code => code.to_string().into(),
+            };
+            metrics::counter!("foldcache_http_requests_total",
+                "route" => ROUTES[route],
+                "method" => if head { "HEAD" } else { "GET" },
+                "status" => status)
+        })
+        .increment(1);
+    m.latency[route]
+        .get_or_init(|| {
+            metrics::histogram!("foldcache_http_request_duration_seconds", "route" => ROUTES[route])
+        })
+        .record(elapsed.as_secs_f64());
+}
+
+/// Records request counts and latency by route template and status (and
+/// refuses oversized header sections first: one middleware, not two, on
+/// the hot path).
+async fn track_metrics(req: Request, next: Next) -> Response {
+    let start = Instant::now();
+    let head = req.method() == http::Method::HEAD;
     let size: usize = req
         .headers()
         .iter()
         .map(|(k, v)| k.as_str().len() + v.len() + 4)
         .sum();
     if size > MAX_HEADER_BYTES {
+        count_request(
+            ROUTES.len() - 1,
+            head,
+            StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            start.elapsed(),
+        );
         return axum::response::IntoResponse::into_response(error::ApiError::HeadersTooLarge {
             limit: MAX_HEADER_BYTES,
         });
     }
-    next.run(req).await
-}
-
-/// Records request counts and latency by route template and status.
-async fn track_metrics(req: Request, next: Next) -> Response {
-    let start = Instant::now();
     let route = req
         .extensions()
         .get::<MatchedPath>()
-        .map_or("unmatched", |p| match p.as_str() {
-            "/v1/{entity}/{id}" => "/v1/{entity}/{id}",
-            "/v1/{entity}" => "/v1/{entity}",
-            "/healthz" => "/healthz",
-            "/readyz" => "/readyz",
-            "/openapi.json" => "/openapi.json",
-            _ => "other",
+        .map_or(ROUTES.len() - 1, |p| {
+            ROUTES[..5]
+                .iter()
+                .position(|r| *r == p.as_str())
+                .unwrap_or(5)
         });
-    let method = if req.method() == http::Method::HEAD {
-        "HEAD"
-    } else {
-        "GET"
-    };
     let res = next.run(req).await;
-    let status = res.status().as_u16().to_string();
-    metrics::counter!("foldcache_http_requests_total", "route" => route, "method" => method, "status" => status).increment(1);
-    metrics::histogram!("foldcache_http_request_duration_seconds", "route" => route)
-        .record(start.elapsed().as_secs_f64());
+    count_request(route, head, res.status(), start.elapsed());
     res
 }
 
@@ -250,6 +313,10 @@ pub async fn serve(
     let result = match &config.http.tls {
         None => {
             tracing::info!(addr = %listener.local_addr()?, "query-api listening (HTTP)");
+            use axum::serve::ListenerExt;
+            let listener = listener.tap_io(|tcp| {
+                let _ = tcp.set_nodelay(true);
+            });
             axum::serve(listener, app)
                 .with_graceful_shutdown(shutdown)
                 .await

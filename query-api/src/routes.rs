@@ -7,7 +7,7 @@
 
 use crate::AppState;
 use crate::EntityPolicy;
-use crate::auth::Caller;
+use crate::auth::{Authenticated, Caller};
 use crate::conditional::Validators;
 use crate::error::ApiError;
 use crate::store::{Entity, Lookup};
@@ -17,17 +17,15 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use foldcache_common::id::{EntityId, EntityName};
 use foldcache_common::state::etag_of;
-use headers::{HeaderMapExt, LastModified};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 /// `GET /v1/{entity}/{id}` (HEAD is served by the same handler; axum drops
 /// the body).
 pub async fn get_entity(
     State(app): State<AppState>,
-    req_headers: HeaderMap,
+    Authenticated(caller): Authenticated,
     path: Result<Path<(String, String)>, PathRejection>,
 ) -> Result<Response, ApiError> {
-    let caller = app.auth.authenticate(&req_headers)?;
     let Path((entity, id)) = path.map_err(|e| ApiError::BadRequest(path_problem(&e)))?;
     let (name, policy) = entity_policy(&app, &entity)?;
     let view = caller.view(name.as_str())?;
@@ -56,8 +54,7 @@ pub async fn get_entity(
         policy,
         &caller,
         entity.body.clone(),
-        entity.etag.clone(),
-        modified(entity.modified_ms),
+        entity.validators.clone(),
         tags,
     ))
 }
@@ -68,11 +65,10 @@ pub async fn get_entity(
 /// `Last-Modified` the newest member's.
 pub async fn get_batch(
     State(app): State<AppState>,
-    req_headers: HeaderMap,
+    Authenticated(caller): Authenticated,
     Path(entity): Path<String>,
     RawQuery(query): RawQuery,
 ) -> Result<Response, ApiError> {
-    let caller = app.auth.authenticate(&req_headers)?;
     let (name, policy) = entity_policy(&app, &entity)?;
     let view = caller.view(name.as_str())?;
     let mut ids = Vec::new();
@@ -119,8 +115,7 @@ pub async fn get_batch(
         policy,
         &caller,
         body.into(),
-        etag,
-        modified(newest),
+        Validators::new(etag, modified(newest)),
         tags,
     ))
 }
@@ -157,8 +152,7 @@ fn representation(
     policy: &EntityPolicy,
     caller: &Caller,
     body: bytes::Bytes,
-    etag: String,
-    last_modified: SystemTime,
+    validators: Validators,
     surrogate: Option<(header::HeaderName, HeaderValue)>,
 ) -> Response {
     let mut headers = HeaderMap::new();
@@ -180,15 +174,15 @@ fn representation(
             "Accept-Encoding"
         }),
     );
-    headers.typed_insert(LastModified::from(last_modified));
+    headers.insert(
+        header::LAST_MODIFIED,
+        validators.last_modified_header.clone(),
+    );
     if let Some((name, value)) = surrogate {
         headers.insert(name, value);
     }
     let mut res = (StatusCode::OK, headers, body).into_response();
-    res.extensions_mut().insert(Validators {
-        etag,
-        last_modified,
-    });
+    res.extensions_mut().insert(validators);
     res
 }
 

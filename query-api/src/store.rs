@@ -7,6 +7,7 @@
 //! never a false 404.
 
 use crate::auth::View;
+use crate::conditional::Validators;
 use crate::local_cache::LocalCache;
 use foldcache_common::id::{EntityId, EntityName};
 use foldcache_common::keys::{
@@ -38,10 +39,10 @@ pub struct CacheView {
 pub struct Entity {
     /// Canonical JSON body.
     pub body: bytes::Bytes,
-    /// Strong validator of this view (without quotes).
-    pub etag: String,
     /// Record time, ms since the epoch.
     pub modified_ms: i64,
+    /// This view's ETag and `Last-Modified`, header forms rendered.
+    pub validators: Validators,
 }
 
 /// The result of a lookup.
@@ -289,9 +290,13 @@ fn decode_hash(fields: &[(String, String)], view: &View) -> Option<Entity> {
             _ => {}
         }
     }
+    let modified_ms: i64 = modified_ms?;
     Some(Entity {
         body: assemble_body(&mut data).into(),
-        etag: view.etag(&etag?),
-        modified_ms: modified_ms?,
+        modified_ms,
+        validators: Validators::new(
+            view.etag(&etag?),
+            std::time::UNIX_EPOCH + Duration::from_millis(modified_ms.max(0) as u64),
+        ),
     })
 }
