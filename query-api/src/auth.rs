@@ -37,7 +37,8 @@ pub struct View {
 }
 
 impl View {
-    fn new(entity: &str, name: &str, fields: Option<BTreeSet<String>>) -> Self {
+    /// The view `name` of `entity` showing `fields` (`None`: every field).
+    pub fn new(entity: &str, name: &str, fields: Option<BTreeSet<String>>) -> Self {
         let mut h = Sha256::new();
         h.update(b"foldcache-view\0");
         h.update(entity.as_bytes());

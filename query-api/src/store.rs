@@ -274,7 +274,7 @@ fn stale(view: &CacheView, max_staleness_ms: Option<i64>) -> bool {
 
 /// Splits a hash into `view`'s body and validator. `None` if the stored
 /// validators are missing (never written by ingest).
-fn decode_hash(fields: &[(String, String)], view: &View) -> Option<Entity> {
+pub fn decode_hash(fields: &[(String, String)], view: &View) -> Option<Entity> {
     if fields.is_empty() {
         return None;
     }
