@@ -20,7 +20,12 @@ pub async fn run(config: &Config, wait: bool) -> anyhow::Result<()> {
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)?
         .as_millis() as i64;
-    let generation = match rebuilds.request(&mut con, now).await? {
+    let outcome = rebuilds.request(&mut con, now).await?;
+    // The CLI needs the config's Redis credentials: an operator's action,
+    // audited like the HTTP endpoint's (who: the OS user).
+    let who = std::env::var("USER").unwrap_or_else(|_| "unknown".into());
+    tracing::info!(target: "audit", action = "rebuild", who = %format!("cli:{who}"), outcome = ?outcome, "admin action");
+    let generation = match outcome {
         RequestOutcome::Started { generation } => {
             println!("rebuild started: building generation {generation} beside the live one");
             generation
