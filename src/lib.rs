@@ -735,3 +735,50 @@ impl Drop for TlsProxy {
         self.task.abort();
     }
 }
+
+/// Writes a ready cache marker (`live_gen = 1`) and a fresh ingest
+/// heartbeat, as a running ingest would: the state query-api needs to
+/// serve what a test folds with ingest's code directly.
+pub async fn seed_ready_cache(
+    con: &mut redis::aio::MultiplexedConnection,
+    keys: &foldcache_common::keys::KeySpace,
+    epoch: &str,
+) -> Result<()> {
+    let now = foldcache_common::runtime::now_ms();
+    let beat = foldcache_common::keys::InstanceBeat {
+        alive_ms: now,
+        fresh_ms: Some(now),
+        interval_ms: 1000,
+    };
+    let () = redis::pipe()
+        .hset_multiple(
+            keys.state(),
+            &[("epoch", epoch), ("live_gen", "1"), ("ready", "1")],
+        )
+        .hset(keys.instances(), "i1", beat.encode())
+        .query_async(con)
+        .await?;
+    Ok(())
+}
+
+/// The live generation in the `fc` key space (`None`: no cache yet).
+pub async fn live_generation(con: &mut redis::aio::MultiplexedConnection) -> Result<Option<u64>> {
+    Ok(redis::cmd("HGET")
+        .arg("fc:state")
+        .arg("live_gen")
+        .query_async(con)
+        .await?)
+}
+
+impl Stack {
+    /// A consumer of this stack's dead-letter topic, from its beginning.
+    pub fn dead_letter_consumer(&self) -> Result<rdkafka::consumer::StreamConsumer> {
+        let consumer: rdkafka::consumer::StreamConsumer = ClientConfig::new()
+            .set("bootstrap.servers", self.broker.bootstrap())
+            .set("group.id", unique("dlq-reader"))
+            .set("auto.offset.reset", "earliest")
+            .create()?;
+        consumer.subscribe(&[&self.topics.dead_letter])?;
+        Ok(consumer)
+    }
+}

@@ -3,14 +3,17 @@
 //! 10,000 permission records) folded by ingest's own code: tokens, grants,
 //! views, per-view ETags, private caching, rate limits.
 
+mod common;
+
 use anyhow::{Result, ensure};
 use axum::Router;
-use axum::body::Body;
-use axum::http::{Request, StatusCode};
+use axum::http::Method;
+use axum::http::StatusCode;
+use common::{Res, send};
 use foldcache::RedisServer;
 use foldcache_common::config::{Config, TokenConfig, ValueFormat};
 use foldcache_common::id::EntityName;
-use foldcache_common::keys::{InstanceBeat, KeySpace};
+use foldcache_common::keys::KeySpace;
 use foldcache_common::secret::token_hash_hex;
 use foldcache_ingest::decode::decode;
 use foldcache_ingest::fold::{Folder, PartitionBatch};
@@ -18,10 +21,8 @@ use foldcache_ingest::generate::{GenOptions, Generator};
 use foldcache_ingest::source::Source;
 use foldcache_query_api::store::Store;
 use foldcache_query_api::{AppState, router};
-use http_body_util::BodyExt;
 use serde_json::Value;
 use std::collections::{BTreeMap, BTreeSet};
-use tower::ServiceExt;
 
 const DIRECTORY: [&str; 5] = ["id", "name", "email", "team_id", "title"];
 const HR_TOKEN: &str = "hr-token-7f3a9c";
@@ -87,20 +88,8 @@ async fn fixture(config: &Config) -> Result<Fixture> {
     let mut con = redis.connection().await?;
     let keys = KeySpace::new("fc");
     let epoch = "test-epoch";
+    foldcache::seed_ready_cache(&mut con, &keys, epoch).await?;
     let now = foldcache_common::runtime::now_ms();
-    let beat = InstanceBeat {
-        alive_ms: now,
-        fresh_ms: Some(now),
-        interval_ms: 1000,
-    };
-    let () = redis::pipe()
-        .hset_multiple(
-            keys.state(),
-            &[("epoch", epoch), ("live_gen", "1"), ("ready", "1")],
-        )
-        .hset(keys.instances(), "i1", beat.encode())
-        .query_async(&mut con)
-        .await?;
     let folder = Folder::new(keys.clone());
     let mut employees = Vec::new();
     let events: Vec<_> = Generator::new(GenOptions {
@@ -153,35 +142,13 @@ async fn fixture(config: &Config) -> Result<Fixture> {
     })
 }
 
-struct Res {
-    status: StatusCode,
-    headers: axum::http::HeaderMap,
-    body: Vec<u8>,
-}
-
-impl Res {
-    fn header(&self, name: &str) -> Option<&str> {
-        self.headers.get(name).and_then(|v| v.to_str().ok())
-    }
-    fn json(&self) -> Value {
-        serde_json::from_slice(&self.body).expect("JSON body")
-    }
-}
-
 async fn get(app: &Router, uri: &str, bearer: Option<&str>, extra: &[(&str, &str)]) -> Result<Res> {
-    let mut req = Request::builder().uri(uri);
-    if let Some(t) = bearer {
-        req = req.header("authorization", format!("Bearer {t}"));
+    let auth = bearer.map(|t| format!("Bearer {t}"));
+    let mut headers: Vec<(&str, &str)> = extra.to_vec();
+    if let Some(a) = &auth {
+        headers.push(("authorization", a));
     }
-    for (k, v) in extra {
-        req = req.header(*k, *v);
-    }
-    let res = app.clone().oneshot(req.body(Body::empty())?).await?;
-    Ok(Res {
-        status: res.status(),
-        headers: res.headers().clone(),
-        body: res.into_body().collect().await?.to_bytes().to_vec(),
-    })
+    send(app, Method::GET, uri, &headers).await
 }
 
 #[tokio::test]

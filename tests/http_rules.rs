@@ -2,10 +2,12 @@
 //! (`Router::oneshot`) reading a real redis-server that was written by
 //! ingest's own fold code.
 
+mod common;
+
 use anyhow::Result;
 use axum::Router;
-use axum::body::Body;
-use axum::http::{Method, Request, StatusCode};
+use axum::http::{Method, StatusCode};
+use common::{Res, send};
 use foldcache::RedisServer;
 use foldcache_common::config::{Config, ValueFormat};
 use foldcache_common::id::EntityName;
@@ -15,10 +17,8 @@ use foldcache_ingest::fold::{Folder, PartitionBatch};
 use foldcache_ingest::source::Source;
 use foldcache_query_api::store::Store;
 use foldcache_query_api::{AppState, router};
-use http_body_util::BodyExt;
 use redis::AsyncCommands;
 use serde_json::{Value, json};
-use tower::ServiceExt;
 
 /// Record time of the fixtures: 2025-01-01T00:00:00Z.
 const MODIFIED_MS: i64 = 1_735_689_600_000;
@@ -41,22 +41,7 @@ async fn fixture(config: Config) -> Result<Fixture> {
     let mut con = redis.connection().await?;
     let keys = KeySpace::new("fc");
     let epoch = "test-epoch";
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)?
-        .as_millis() as i64;
-    let beat = InstanceBeat {
-        alive_ms: now,
-        fresh_ms: Some(now),
-        interval_ms: 1000,
-    };
-    let () = redis::pipe()
-        .hset_multiple(
-            keys.state(),
-            &[("epoch", epoch), ("live_gen", "1"), ("ready", "1")],
-        )
-        .hset(keys.instances(), "i1", beat.encode())
-        .query_async(&mut con)
-        .await?;
+    foldcache::seed_ready_cache(&mut con, &keys, epoch).await?;
     let source = Source {
         topic: "hr.employees".into(),
         entity: EntityName::parse("employees")?,
@@ -92,37 +77,6 @@ async fn fixture(config: Config) -> Result<Fixture> {
 
 async fn ready() -> Result<Fixture> {
     fixture(Config::default()).await
-}
-
-struct Res {
-    status: StatusCode,
-    headers: axum::http::HeaderMap,
-    body: Vec<u8>,
-}
-
-impl Res {
-    fn header(&self, name: &str) -> Option<&str> {
-        self.headers.get(name).and_then(|v| v.to_str().ok())
-    }
-    fn json(&self) -> Value {
-        serde_json::from_slice(&self.body).expect("JSON body")
-    }
-}
-
-async fn send(app: &Router, method: Method, uri: &str, headers: &[(&str, &str)]) -> Result<Res> {
-    let mut req = Request::builder().method(method).uri(uri);
-    for (k, v) in headers {
-        req = req.header(*k, *v);
-    }
-    let res = app.clone().oneshot(req.body(Body::empty())?).await?;
-    let status = res.status();
-    let headers = res.headers().clone();
-    let body = res.into_body().collect().await?.to_bytes().to_vec();
-    Ok(Res {
-        status,
-        headers,
-        body,
-    })
 }
 
 async fn get(app: &Router, uri: &str, headers: &[(&str, &str)]) -> Result<Res> {

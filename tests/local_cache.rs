@@ -10,7 +10,7 @@ use axum::http::{Request, StatusCode};
 use foldcache::{RedisServer, eventually};
 use foldcache_common::config::{Config, ValueFormat};
 use foldcache_common::id::EntityName;
-use foldcache_common::keys::{InstanceBeat, KeySpace};
+use foldcache_common::keys::KeySpace;
 use foldcache_ingest::decode::decode;
 use foldcache_ingest::fold::{Folder, PartitionBatch};
 use foldcache_ingest::source::Source;
@@ -42,20 +42,7 @@ impl Fixture {
         let redis = RedisServer::start().await?;
         let mut con = redis.connection().await?;
         let keys = KeySpace::new("fc");
-        let now = foldcache_common::runtime::now_ms();
-        let beat = InstanceBeat {
-            alive_ms: now,
-            fresh_ms: Some(now),
-            interval_ms: 1000,
-        };
-        let () = redis::pipe()
-            .hset_multiple(
-                keys.state(),
-                &[("epoch", EPOCH), ("live_gen", "1"), ("ready", "1")],
-            )
-            .hset(keys.instances(), "i1", beat.encode())
-            .query_async(&mut con)
-            .await?;
+        foldcache::seed_ready_cache(&mut con, &keys, EPOCH).await?;
         let config = Config::default();
         let client = redis::Client::open(redis.url())?;
         let cache = LocalCache::new(10_000, view_names(&config));

@@ -261,11 +261,7 @@ async fn a_demo_scale_run_logs_no_hr_value_and_no_token() -> Result<()> {
     eventually("the rebuild to swap", WAIT, || {
         let mut con = con.clone();
         async move {
-            let g: Option<u64> = redis::cmd("HGET")
-                .arg("fc:state")
-                .arg("live_gen")
-                .query_async(&mut con)
-                .await?;
+            let g = foldcache::live_generation(&mut con).await?;
             Ok((g == Some(2)).then_some(()))
         }
     })

@@ -136,7 +136,6 @@ async fn insert_update_tombstone_ttl_etag_and_304() -> Result<()> {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn poison_goes_to_the_dead_letter_topic_and_never_stalls_the_partition() -> Result<()> {
-    use rdkafka::consumer::{Consumer, StreamConsumer};
     use rdkafka::message::{Headers, Message};
     let stack = Stack::start(1, "").await?;
     let _ingest = stack.spawn_ingest()?;
@@ -170,12 +169,7 @@ async fn poison_goes_to_the_dead_letter_topic_and_never_stalls_the_partition() -
         StatusCode::NOT_FOUND
     );
 
-    let consumer: StreamConsumer = rdkafka::ClientConfig::new()
-        .set("bootstrap.servers", stack.broker.bootstrap())
-        .set("group.id", foldcache::unique("dlq-reader"))
-        .set("auto.offset.reset", "earliest")
-        .create()?;
-    consumer.subscribe(&[&stack.topics.dead_letter])?;
+    let consumer = stack.dead_letter_consumer()?;
     let mut reasons = Vec::new();
     while reasons.len() < 2 {
         let m = tokio::time::timeout(WAIT, consumer.recv()).await??;
@@ -207,7 +201,6 @@ async fn poison_goes_to_the_dead_letter_topic_and_never_stalls_the_partition() -
 /// the dead-letter topic; nothing but the valid record's key is written.
 #[tokio::test(flavor = "multi_thread")]
 async fn hostile_kafka_keys_are_dead_lettered_and_write_no_key() -> Result<()> {
-    use rdkafka::consumer::{Consumer, StreamConsumer};
     use rdkafka::message::{Headers, Message};
     let stack = Stack::start(1, "").await?;
     let _ingest = stack.spawn_ingest()?;
@@ -243,12 +236,7 @@ async fn hostile_kafka_keys_are_dead_lettered_and_write_no_key() -> Result<()> {
     )
     .await?;
 
-    let consumer: StreamConsumer = rdkafka::ClientConfig::new()
-        .set("bootstrap.servers", stack.broker.bootstrap())
-        .set("group.id", foldcache::unique("dlq-reader"))
-        .set("auto.offset.reset", "earliest")
-        .create()?;
-    consumer.subscribe(&[&stack.topics.dead_letter])?;
+    let consumer = stack.dead_letter_consumer()?;
     let mut dead = Vec::new();
     while dead.len() < hostile.len() {
         let m = tokio::time::timeout(WAIT, consumer.recv()).await??;

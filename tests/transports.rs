@@ -293,12 +293,9 @@ entity = "employees"
     eventually("E7 folded from the TLS listener", WAIT, || {
         let mut con = con.clone();
         async move {
-            let g: Option<u64> = redis::cmd("HGET")
-                .arg("fc:state")
-                .arg("live_gen")
-                .query_async(&mut con)
-                .await?;
-            let Some(g) = g else { return Ok(None) };
+            let Some(g) = foldcache::live_generation(&mut con).await? else {
+                return Ok(None);
+            };
             let name: Option<String> = redis::cmd("HGET")
                 .arg(format!("fc:g{g}:employees:E7"))
                 .arg("name")
