@@ -331,3 +331,130 @@ async fn ingest_purges_varnish_by_surrogate_key_when_an_entity_changes() -> Resu
     let _ = std::fs::remove_dir_all(&dir);
     Ok(())
 }
+
+const AUDIENCES: &str = r#"
+[entities.employees.cache_control]
+visibility = "public"
+max_age_secs = 60
+s_maxage_secs = 60
+
+[entities.employees.views]
+directory = ["id", "name"]
+
+[auth]
+anonymous = { employees = "directory" }
+
+[[auth.tokens]]
+name = "payroll"
+sha256 = "TOKEN_HR"
+grants = { employees = "full" }
+
+[[auth.tokens]]
+name = "intranet"
+sha256 = "TOKEN_DIR"
+grants = { employees = "directory" }
+"#;
+const HR_TOKEN: &str = "cache-hr-token-51ac";
+const DIRECTORY_TOKEN: &str = "cache-directory-token-0d7e";
+
+async fn fetch_as(
+    url: &str,
+    token: Option<&str>,
+) -> Result<(reqwest::header::HeaderMap, serde_json::Value)> {
+    let mut req = reqwest::Client::new().get(url);
+    if let Some(t) = token {
+        req = req.bearer_auth(t);
+    }
+    let r = req.send().await?;
+    anyhow::ensure!(r.status() == 200, "{url}: {}", r.status());
+    let headers = r.headers().clone();
+    Ok((headers, r.json().await?))
+}
+
+/// Through nginx and Varnish: a token holder's full record is never stored
+/// for anyone else (it is `private`), anonymous callers get the public
+/// directory view (cached, a hit the second time), and a token holder never
+/// gets the cached anonymous copy (`Vary: Authorization`).
+#[tokio::test(flavor = "multi_thread")]
+async fn shared_caches_never_hand_one_audience_s_response_to_another() -> Result<()> {
+    let config = AUDIENCES
+        .replace(
+            "TOKEN_HR",
+            &foldcache_common::secret::token_hash_hex(HR_TOKEN),
+        )
+        .replace(
+            "TOKEN_DIR",
+            &foldcache_common::secret::token_hash_hex(DIRECTORY_TOKEN),
+        );
+    let stack = Stack::start(1, &config).await?;
+    let _ingest = stack.spawn_ingest()?;
+    let _api = stack.spawn_query_api()?;
+    let producer = stack.producer()?;
+    stack
+        .produce(
+            &producer,
+            &stack.topics.employees,
+            Some(b"A1"),
+            Some(br#"{"id":"A1","name":"Kim","salary":{"amount":91000,"currency":"USD"}}"#),
+        )
+        .await?;
+    let direct = format!("{}/v1/employees/A1", stack.base_url());
+    eventually("A1 to be served", WAIT, || async {
+        let r = reqwest::Client::new()
+            .get(&direct)
+            .bearer_auth(HR_TOKEN)
+            .send()
+            .await?;
+        Ok((r.status() == 200).then_some(()))
+    })
+    .await?;
+    let dir = std::env::temp_dir().join(foldcache::unique("audiences"));
+    let (nginx_port, varnish_port) = (free_port(), free_port());
+    let _nginx = Graceful(start_nginx(
+        &dir.join("nginx"),
+        nginx_port,
+        stack.http_port,
+    )?);
+    let _varnish = Graceful(start_varnish(
+        &dir.join("varnish"),
+        varnish_port,
+        stack.http_port,
+    )?);
+    for (cache, port) in [("nginx", nginx_port), ("varnish", varnish_port)] {
+        let url = format!("http://127.0.0.1:{port}/v1/employees/A1");
+        eventually(&format!("{cache} to answer"), WAIT, || async {
+            Ok(reqwest::get(&url).await.ok().filter(|r| r.status() == 200))
+        })
+        .await?;
+        // The token holder first: full record, private.
+        for _ in 0..2 {
+            let (headers, body) = fetch_as(&url, Some(HR_TOKEN)).await?;
+            assert_eq!(body["salary"]["amount"], 91000, "{cache}");
+            assert!(
+                headers["cache-control"].to_str()?.starts_with("private"),
+                "{cache}"
+            );
+        }
+        // Anonymous callers never see it, even right after.
+        for _ in 0..3 {
+            let (_, body) = fetch_as(&url, None).await?;
+            assert_eq!(
+                body,
+                serde_json::json!({"id": "A1", "name": "Kim"}),
+                "{cache}: the directory view"
+            );
+        }
+        // The directory token gets its view; the hr token still the full
+        // record, never the cached anonymous copy.
+        let (_, body) = fetch_as(&url, Some(DIRECTORY_TOKEN)).await?;
+        assert_eq!(
+            body,
+            serde_json::json!({"id": "A1", "name": "Kim"}),
+            "{cache}"
+        );
+        let (_, body) = fetch_as(&url, Some(HR_TOKEN)).await?;
+        assert_eq!(body["salary"]["amount"], 91000, "{cache}");
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+    Ok(())
+}
