@@ -300,10 +300,21 @@ async fn a_demo_scale_run_logs_no_hr_value_and_no_token() -> Result<()> {
 
 /// Secrets the tests use: string literals like `"ops-admin-token-3c9e"`.
 fn test_secrets() -> Result<Vec<String>> {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests");
+    let mut dirs = vec![Path::new(env!("CARGO_MANIFEST_DIR")).join("tests")];
+    let mut files = Vec::new();
+    while let Some(dir) = dirs.pop() {
+        for entry in std::fs::read_dir(dir)? {
+            let path = entry?.path();
+            if path.is_dir() {
+                dirs.push(path);
+            } else if path.extension().is_some_and(|x| x == "rs") {
+                files.push(path);
+            }
+        }
+    }
     let mut out = BTreeSet::new();
-    for f in std::fs::read_dir(dir)? {
-        let text = std::fs::read_to_string(f?.path())?;
+    for f in files {
+        let text = std::fs::read_to_string(f)?;
         for lit in text.split('"').skip(1).step_by(2) {
             let parts: Vec<&str> = lit.split('-').collect();
             let n = parts.len();
