@@ -67,6 +67,26 @@ pub fn token_hash_hex(token: &str) -> String {
         .collect()
 }
 
+/// The 32 bytes of a configured `sha256` (64 hex digits), or `None`.
+pub fn parse_token_hash(hex: &str) -> Option<[u8; 32]> {
+    if hex.len() != 64 {
+        return None;
+    }
+    let mut out = [0u8; 32];
+    for (i, byte) in out.iter_mut().enumerate() {
+        *byte = u8::from_str_radix(hex.get(2 * i..2 * i + 2)?, 16).ok()?;
+    }
+    Some(out)
+}
+
+/// The token of an `Authorization: Bearer <token>` value (scheme matched
+/// case-insensitively), or `None` for another scheme or an empty token.
+pub fn bearer_token(authorization: &str) -> Option<&str> {
+    let (scheme, token) = authorization.split_once(' ')?;
+    let token = token.trim();
+    (scheme.eq_ignore_ascii_case("bearer") && !token.is_empty()).then_some(token)
+}
+
 impl<T> fmt::Debug for Secret<T> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str("[redacted]")
@@ -89,6 +109,17 @@ mod tests {
         assert_eq!(format!("{s:?}"), "[redacted]");
         assert_eq!(format!("{s}"), "[redacted]");
         assert_eq!(s.expose(), "redis://:hunter2@host");
+    }
+
+    #[test]
+    fn token_hashes_and_bearer_values_parse() {
+        let h = token_hash_hex("t");
+        assert_eq!(parse_token_hash(&h), Some(token_hash("t")));
+        assert_eq!(parse_token_hash("zz"), None);
+        assert_eq!(bearer_token("Bearer abc"), Some("abc"));
+        assert_eq!(bearer_token("bearer  abc "), Some("abc"));
+        assert_eq!(bearer_token("Basic abc"), None);
+        assert_eq!(bearer_token("Bearer "), None);
     }
 
     #[test]

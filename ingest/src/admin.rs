@@ -15,7 +15,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use foldcache_common::config::Config;
 use foldcache_common::runtime::now_ms;
-use foldcache_common::secret::token_hash;
+use foldcache_common::secret::{bearer_token, parse_token_hash, token_hash};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use serde_json::json;
 use std::collections::HashMap;
@@ -102,7 +102,7 @@ impl AdminTokens {
             .auth
             .tokens
             .iter()
-            .filter_map(|t| Some((decode_hex(&t.sha256)?, (t.name.clone(), t.admin))))
+            .filter_map(|t| Some((parse_token_hash(&t.sha256)?, (t.name.clone(), t.admin))))
             .collect();
         if let Some(t) = &config.ingest.admin_token {
             by_hash.insert(token_hash(t.expose()), ("ingest.admin_token".into(), true));
@@ -122,9 +122,7 @@ impl AdminTokens {
         let given = headers
             .get(header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.split_once(' '))
-            .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
-            .map(|(_, t)| t.trim())
+            .and_then(bearer_token)
             .ok_or((
                 StatusCode::UNAUTHORIZED,
                 "send Authorization: Bearer <admin token>".into(),
@@ -138,14 +136,6 @@ impl AdminTokens {
             Some((name, true)) => Ok(name.clone()),
         }
     }
-}
-
-fn decode_hex(s: &str) -> Option<[u8; 32]> {
-    let mut out = [0u8; 32];
-    for (i, byte) in out.iter_mut().enumerate() {
-        *byte = u8::from_str_radix(s.get(2 * i..2 * i + 2)?, 16).ok()?;
-    }
-    (s.len() == 64).then_some(out)
 }
 
 async fn start_rebuild(State(s): State<AdminState>, headers: HeaderMap) -> Response {

@@ -16,7 +16,7 @@ use crate::error::ApiError;
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use foldcache_common::config::{Config, FULL_VIEW};
-use foldcache_common::secret::token_hash;
+use foldcache_common::secret::{bearer_token, parse_token_hash, token_hash};
 use governor::clock::{Clock, DefaultClock};
 use governor::{DefaultDirectRateLimiter, Quota};
 use http::HeaderMap;
@@ -181,7 +181,7 @@ impl Auth {
             .tokens
             .iter()
             .filter_map(|t| {
-                let hash = decode_hex(&t.sha256)?;
+                let hash = parse_token_hash(&t.sha256)?;
                 let rate = t.rate_per_sec.unwrap_or(config.auth.rate_per_sec);
                 let limiter = NonZeroU32::new(rate).map(|r| {
                     let burst = NonZeroU32::new(t.burst.unwrap_or(config.auth.burst)).unwrap_or(r);
@@ -218,11 +218,7 @@ impl Auth {
         let token = value
             .to_str()
             .ok()
-            .and_then(|v| {
-                let (scheme, token) = v.split_once(' ')?;
-                scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
-            })
-            .filter(|t| !t.is_empty())
+            .and_then(bearer_token)
             .ok_or(ApiError::Unauthorized { invalid: true })?;
         let hash = token_hash(token);
         let caller = self
@@ -243,17 +239,6 @@ impl Auth {
     }
 }
 
-fn decode_hex(s: &str) -> Option<[u8; 32]> {
-    let mut out = [0u8; 32];
-    if s.len() != 64 {
-        return None;
-    }
-    for (i, byte) in out.iter_mut().enumerate() {
-        *byte = u8::from_str_radix(s.get(2 * i..2 * i + 2)?, 16).ok()?;
-    }
-    Some(out)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -272,13 +257,5 @@ mod tests {
         assert_ne!(dir.etag("abc"), other.etag("abc"));
         assert_ne!(dir.etag("abc"), dir.etag("abd"));
         assert_eq!(dir.etag("abc"), dir.etag("abc"));
-    }
-
-    #[test]
-    fn hex_round_trip() {
-        let h = foldcache_common::secret::token_hash_hex("t");
-        assert_eq!(h.len(), 64);
-        assert!(decode_hex(&h).is_some());
-        assert!(decode_hex("zz").is_none());
     }
 }
