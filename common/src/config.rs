@@ -139,6 +139,20 @@ pub struct KafkaConfig {
     /// Extra librdkafka properties (`security.protocol`, `sasl.mechanism`,
     /// ...), applied to every client. Values may be credentials: never logged.
     pub client: BTreeMap<String, Secret<String>>,
+    /// Whether ingest creates the dead-letter topic at start when it is
+    /// missing (needs the CreateTopics permission). If false, or if creating
+    /// it fails, ingest refuses to start and names the topic.
+    pub dead_letter_create: bool,
+    /// Partitions of a dead-letter topic that ingest creates.
+    pub dead_letter_partitions: i32,
+    /// Replication factor of a dead-letter topic that ingest creates; `-1`
+    /// takes the broker's `default.replication.factor`.
+    pub dead_letter_replication_factor: i32,
+    /// A dead letter (key + value + headers) larger than this is replaced by
+    /// an envelope that fits (reason, origin, sizes, SHA-256 and the first
+    /// bytes of key and value). Keep it below the dead-letter producer's
+    /// `message.max.bytes` and the topic's `max.message.bytes`.
+    pub dead_letter_max_bytes: usize,
 }
 
 /// Ingest's tuning knobs.
@@ -167,6 +181,16 @@ pub struct IngestConfig {
     /// Bearer token of `POST /admin/rebuild` on `admin_listen`. Unset: the
     /// endpoint refuses every request (use the `ingest rebuild` CLI).
     pub admin_token: Option<Secret<String>>,
+    /// Objects with more top-level members than this are dead-lettered
+    /// (`too_many_members`); 0 folds objects of any width.
+    pub max_members: usize,
+    /// On SIGTERM, how long partitions may take to fold their last batch
+    /// and store its offsets before ingest exits anyway (what was not
+    /// stored is folded again by the next owner: nothing is lost).
+    pub drain_timeout_ms: u64,
+    /// Longest pause between two retries of a transient failure (Redis or
+    /// broker unreachable); retries back off exponentially with jitter.
+    pub retry_max_backoff_ms: u64,
 }
 
 /// A purge hook: after each fold, ingest sends `method url` with the changed
@@ -377,6 +401,10 @@ impl Default for Config {
                 group_id: "foldcache-ingest".into(),
                 dead_letter_topic: "foldcache.dead-letter".into(),
                 client: BTreeMap::new(),
+                dead_letter_create: true,
+                dead_letter_partitions: 1,
+                dead_letter_replication_factor: -1,
+                dead_letter_max_bytes: 900_000,
             },
             ingest: IngestConfig {
                 batch_max_events: 2000,
@@ -392,6 +420,9 @@ impl Default for Config {
                 },
                 rebuild_retire_grace_ms: 5000,
                 admin_token: None,
+                max_members: 0,
+                drain_timeout_ms: 10_000,
+                retry_max_backoff_ms: 5_000,
             },
             http: HttpConfig {
                 listen: ([127, 0, 0, 1], 8080).into(),

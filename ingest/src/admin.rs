@@ -39,6 +39,8 @@ pub struct AdminState {
     pub metrics: PrometheusHandle,
     /// Cache readiness.
     pub ready: watch::Receiver<bool>,
+    /// Partition statuses per generation (stalls, positions).
+    pub statuses: crate::progress::AllStatuses,
     /// Rebuild protocol.
     pub rebuilds: Rebuilds,
     /// Redis.
@@ -63,19 +65,45 @@ pub async fn serve(listener: TcpListener, state: AdminState) -> std::io::Result<
             get(|State(s): State<AdminState>| async move { s.metrics.render() }),
         )
         .route("/healthz", get(|| async { "ok" }))
-        .route(
-            "/readyz",
-            get(|State(s): State<AdminState>| async move {
-                if *s.ready.borrow() {
-                    (StatusCode::OK, "ready")
-                } else {
-                    (StatusCode::SERVICE_UNAVAILABLE, "catching up")
-                }
-            }),
-        )
+        .route("/readyz", get(readyz))
         .route("/admin/rebuild", get(progress).post(start_rebuild))
         .with_state(state);
     axum::serve(listener, app).await
+}
+
+/// 200 once the cache has caught up, else 503; the body says which
+/// partitions are where, and which are stalled and why.
+async fn readyz(State(s): State<AdminState>) -> Response {
+    let ready = *s.ready.borrow();
+    let mut partitions = Vec::new();
+    for (generation, statuses) in crate::progress::lock(&s.statuses).iter() {
+        for ((topic, partition), st) in crate::progress::lock(statuses).iter() {
+            partitions.push(json!({
+                "generation": generation,
+                "topic": topic,
+                "partition": partition,
+                "position": st.position,
+                "end": st.end,
+                "caught_up": st.caught_up,
+                "stalled": st.stalled,
+            }));
+        }
+    }
+    let stalled = partitions
+        .iter()
+        .filter(|p| !p["stalled"].is_null())
+        .count();
+    let status = if ready {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    let body = json!({
+        "status": if ready { "ready" } else { "catching up" },
+        "stalled_partitions": stalled,
+        "partitions": partitions,
+    });
+    (status, Json(body)).into_response()
 }
 
 fn problem(status: StatusCode, detail: &str) -> Response {

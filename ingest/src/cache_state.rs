@@ -74,6 +74,7 @@ pub struct StateStore {
     init: redis::Script,
     heartbeat: redis::Script,
     caught_up: redis::Script,
+    go_cold: redis::Script,
 }
 
 impl StateStore {
@@ -84,6 +85,7 @@ impl StateStore {
             init: redis::Script::new(INIT_LUA),
             heartbeat: redis::Script::new(HEARTBEAT_LUA),
             caught_up: redis::Script::new(CAUGHT_UP_LUA),
+            go_cold: redis::Script::new(GO_COLD_LUA),
         }
     }
 
@@ -201,3 +203,132 @@ impl StateStore {
             .query(con)
     }
 }
+
+/// What a consumer's generation is right now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    /// Served to readers.
+    Live,
+    /// Being built by a rebuild.
+    Build,
+    /// Replaced by a swap, or a build that is no longer wanted.
+    Retired,
+}
+
+/// The generations named by the cache marker.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Generations {
+    /// Served to readers.
+    pub live: u64,
+    /// Being built.
+    pub build: Option<u64>,
+    /// Replaced, with the time its keys may be removed.
+    pub retired: Option<(u64, i64)>,
+    /// Abandoned when the cache went cold (its keys may be removed).
+    pub abandoned: Option<u64>,
+}
+
+impl Generations {
+    /// The role of `generation`.
+    pub fn role_of(&self, generation: u64) -> Role {
+        if generation == self.live {
+            Role::Live
+        } else if Some(generation) == self.build {
+            Role::Build
+        } else {
+            Role::Retired
+        }
+    }
+}
+
+impl StateStore {
+    /// Live, building, retired and abandoned generations, from the marker.
+    pub async fn generations<C: ConnectionLike + Send>(
+        &self,
+        con: &mut C,
+    ) -> redis::RedisResult<Generations> {
+        use foldcache_common::keys::state_field;
+        type Fields = (
+            Option<u64>,
+            Option<u64>,
+            Option<u64>,
+            Option<i64>,
+            Option<u64>,
+        );
+        let (live, build, retired, retire_at, abandoned): Fields = redis::cmd("HMGET")
+            .arg(self.keys.state())
+            .arg(state_field::LIVE_GEN)
+            .arg(state_field::BUILD_GEN)
+            .arg(state_field::RETIRED_GEN)
+            .arg(state_field::RETIRE_AT_MS)
+            .arg(ABANDONED_GEN)
+            .query_async(con)
+            .await?;
+        Ok(Generations {
+            live: live.unwrap_or(0),
+            build,
+            retired: retired.zip(retire_at),
+            abandoned,
+        })
+    }
+
+    /// Stored next offsets of `tps` in `generation` (`None` where none).
+    pub async fn stored_offsets<C: ConnectionLike + Send>(
+        &self,
+        con: &mut C,
+        generation: u64,
+        tps: &[(String, i32)],
+    ) -> redis::RedisResult<Vec<Option<i64>>> {
+        if tps.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut cmd = redis::cmd("HMGET");
+        cmd.arg(self.keys.offsets(generation));
+        for (t, p) in tps {
+            cmd.arg(partition_field(t, *p));
+        }
+        cmd.query_async(con).await
+    }
+
+    /// The cache went cold on purpose because Redis or a source went back in
+    /// time: a fresh epoch and a fresh, empty live generation (`ready = 0`,
+    /// so readers get 503), the old live generation retired for removal and
+    /// any build abandoned. Every ingest instance sees the epoch change and
+    /// replays every topic from offset zero. Does nothing if the epoch is no
+    /// longer `epoch` (another instance, or a flush, got there first).
+    pub async fn go_cold<C: ConnectionLike + Send>(
+        &self,
+        con: &mut C,
+        epoch: &str,
+        now_ms: i64,
+    ) -> redis::RedisResult<Option<u64>> {
+        let fresh = format!("{:032x}", rand::random::<u128>());
+        let n: i64 = self
+            .go_cold
+            .key(self.keys.state())
+            .arg(epoch)
+            .arg(&fresh)
+            .arg(now_ms)
+            .invoke_async(con)
+            .await?;
+        Ok((n > 0).then_some(n as u64))
+    }
+}
+
+/// Marker field: a build generation abandoned when the cache went cold.
+pub const ABANDONED_GEN: &str = "abandoned_gen";
+
+const GO_COLD_LUA: &str = r"
+-- KEYS[1] state; ARGV[1] the epoch that went back, ARGV[2] a fresh epoch,
+-- ARGV[3] now ms
+if redis.call('HGET', KEYS[1], 'epoch') ~= ARGV[1] then return 0 end
+local live = tonumber(redis.call('HGET', KEYS[1], 'live_gen') or '0')
+local build = tonumber(redis.call('HGET', KEYS[1], 'build_gen') or '0')
+local maxg = tonumber(redis.call('HGET', KEYS[1], 'max_gen') or '0')
+local n = math.max(live, build, maxg) + 1
+redis.call('HSET', KEYS[1], 'epoch', ARGV[2], 'live_gen', n, 'max_gen', n,
+  'ready', '0', 'retired_gen', live, 'retire_at_ms', ARGV[3])
+if build > 0 then redis.call('HSET', KEYS[1], 'abandoned_gen', build) end
+redis.call('HDEL', KEYS[1], 'build_gen', 'build_started_ms')
+return n
+";

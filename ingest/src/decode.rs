@@ -66,6 +66,14 @@ pub enum Poison {
     /// A Debezium envelope without a usable `op`/`after`.
     #[error("malformed Debezium envelope: {0}")]
     BadEnvelope(&'static str),
+    /// The object has more top-level members than `ingest.max_members`.
+    #[error("object has {members} top-level members, over the limit of {limit}")]
+    TooManyMembers {
+        /// Members of the object.
+        members: usize,
+        /// Configured limit.
+        limit: usize,
+    },
 }
 
 impl Poison {
@@ -80,17 +88,43 @@ impl Poison {
             Poison::BadState(StateError::NotAnObject(_)) => "not_an_object",
             Poison::BadState(StateError::ReservedField) => "reserved_field",
             Poison::BadEnvelope(_) => "bad_envelope",
+            Poison::TooManyMembers { .. } => "too_many_members",
         }
     }
 }
 
-/// Decodes one record of `source`.
+/// Limits a record must stay within to be folded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// Largest value in bytes (`ingest.max_value_bytes`).
+    pub max_value_bytes: usize,
+    /// Most top-level members of an object; 0 = any number
+    /// (`ingest.max_members`).
+    pub max_members: usize,
+}
+
+/// Decodes one record of `source` with only a value size limit.
 pub fn decode(
     source: &Source,
     key: Option<&[u8]>,
     value: Option<&[u8]>,
     max_value_bytes: usize,
 ) -> Result<Decoded, Poison> {
+    let limits = Limits {
+        max_value_bytes,
+        max_members: 0,
+    };
+    decode_within(source, key, value, limits)
+}
+
+/// Decodes one record of `source` within `limits`.
+pub fn decode_within(
+    source: &Source,
+    key: Option<&[u8]>,
+    value: Option<&[u8]>,
+    limits: Limits,
+) -> Result<Decoded, Poison> {
+    let max_value_bytes = limits.max_value_bytes;
     let key = key.ok_or(Poison::MissingKey)?;
     let id = entity_id(source, key)?;
     let Some(value) = value else {
@@ -112,6 +146,15 @@ pub fn decode(
             None => return Ok(Decoded::Delete { id }),
         },
     };
+    if let Value::Object(map) = &state
+        && limits.max_members > 0
+        && map.len() > limits.max_members
+    {
+        return Err(Poison::TooManyMembers {
+            members: map.len(),
+            limit: limits.max_members,
+        });
+    }
     let state = EntityState::from_value(state).map_err(Poison::BadState)?;
     Ok(Decoded::Upsert { id, state })
 }

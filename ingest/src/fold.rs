@@ -26,7 +26,8 @@ use thiserror::Error;
 const FOLD_LUA: &str = r"
 -- KEYS[1] state hash, KEYS[2] offsets hash, KEYS[3..] entity hashes
 -- ARGV[1] epoch, ARGV[2] partition field, ARGV[3] next offset after the batch,
--- ARGV[4] 'epoch', ARGV[5] generation,
+-- ARGV[4] 'epoch', ARGV[5] generation, ARGV[6] the offset the caller knows
+-- is stored (its position),
 -- then per entity key: offset, ttl_ms, nfields (-1 = delete), name, value, ...
 if redis.call('HGET', KEYS[1], ARGV[4]) ~= ARGV[1] then
   return {-1, 0, 0}
@@ -40,8 +41,13 @@ end
 local stored = redis.call('HGET', KEYS[2], ARGV[2])
 local fence = 0
 if stored then fence = tonumber(stored) end
+-- Redis acknowledged offsets up to ARGV[6] and now holds less: it went
+-- back in time (restored snapshot, failed over to a lagging replica).
+if tonumber(ARGV[6]) > fence then
+  return {-3, fence, 0}
+end
 local up, del, skip = 0, 0, 0
-local c = 6
+local c = 7
 for i = 3, #KEYS do
   local off = tonumber(ARGV[c])
   local n = tonumber(ARGV[c + 2])
@@ -51,8 +57,21 @@ for i = 3, #KEYS do
     redis.call('DEL', KEYS[i])
     del = del + 1
   else
+    local prev = redis.call('HGET', KEYS[i], '_fc:mod')
     redis.call('DEL', KEYS[i])
-    redis.call('HSET', KEYS[i], unpack(ARGV, c + 3, c + 2 + 2 * n))
+    -- In chunks: unpack() of thousands of members overflows Lua's stack.
+    local last = c + 2 + 2 * n
+    local from = c + 3
+    while from <= last do
+      local to = math.min(from + 999, last)
+      redis.call('HSET', KEYS[i], unpack(ARGV, from, to))
+      from = to + 1
+    end
+    -- Last-Modified never moves backwards for a key that exists.
+    local now = redis.call('HGET', KEYS[i], '_fc:mod')
+    if prev and now and tonumber(prev) and tonumber(now) and tonumber(prev) > tonumber(now) then
+      redis.call('HSET', KEYS[i], '_fc:mod', prev)
+    end
     redis.call('PEXPIRE', KEYS[i], ARGV[c + 1])
     up = up + 1
   end
@@ -78,6 +97,17 @@ pub enum FoldError {
     /// it). Nothing was written.
     #[error("the generation was retired by a rebuild")]
     Retired,
+    /// Redis holds an offset below one it acknowledged before: it went back
+    /// in time. Nothing was written.
+    #[error(
+        "Redis went back in time: partition offset {stored} is below the acknowledged {expected}"
+    )]
+    WentBack {
+        /// What Redis holds now.
+        stored: i64,
+        /// What it had acknowledged.
+        expected: i64,
+    },
 }
 
 /// One pending write for one key.
@@ -230,12 +260,27 @@ impl Folder {
         generation: u64,
         batches: &[PartitionBatch],
     ) -> Result<Vec<FoldOutcome>, FoldError> {
+        self.fold_from(con, epoch, generation, batches, &[]).await
+    }
+
+    /// Like [`Folder::fold`], with the offset each batch's partition is known
+    /// to have stored (`known[i]` for `batches[i]`, missing = unknown): a
+    /// Redis holding less went back in time and nothing is written.
+    pub async fn fold_from<C: ConnectionLike + Send>(
+        &self,
+        con: &mut C,
+        epoch: &str,
+        generation: u64,
+        batches: &[PartitionBatch],
+        known: &[i64],
+    ) -> Result<Vec<FoldOutcome>, FoldError> {
         if batches.is_empty() {
             return Ok(Vec::new());
         }
         let mut pipe = redis::pipe();
-        for b in batches {
-            pipe.invoke_script(&self.invocation(epoch, generation, b));
+        for (i, b) in batches.iter().enumerate() {
+            let known = known.get(i).copied().unwrap_or(-1);
+            pipe.invoke_script(&self.invocation(epoch, generation, b, known));
         }
         let replies: Vec<(i64, i64, i64)> = match pipe.query_async(con).await {
             Ok(r) => r,
@@ -254,6 +299,13 @@ impl Folder {
             if up == -2 {
                 return Err(FoldError::Retired);
             }
+            if up == -3 {
+                let expected = known.iter().copied().max().unwrap_or(-1);
+                return Err(FoldError::WentBack {
+                    stored: del,
+                    expected,
+                });
+            }
             out.push(FoldOutcome {
                 upserted: up as u64,
                 deleted: del as u64,
@@ -268,6 +320,7 @@ impl Folder {
         epoch: &str,
         generation: u64,
         b: &PartitionBatch,
+        known: i64,
     ) -> redis::ScriptInvocation<'_> {
         let mut inv = self.script.prepare_invoke();
         inv.key(self.keys.state())
@@ -276,7 +329,8 @@ impl Folder {
             .arg(partition_field(&b.topic, b.partition))
             .arg(b.next_offset)
             .arg(state_field::EPOCH)
-            .arg(generation);
+            .arg(generation)
+            .arg(known);
         for (key, w) in &b.writes {
             inv.key(key).arg(w.offset).arg(w.ttl_ms);
             match &w.fields {

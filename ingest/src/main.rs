@@ -70,10 +70,20 @@ enum Command {
     },
 }
 
-#[tokio::main]
-async fn main() -> std::process::ExitCode {
+fn main() -> std::process::ExitCode {
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: starting the async runtime: {e}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(run_main());
+    // A blocking call still waiting on an unreachable broker or Redis must
+    // not hold the exit back: SIGTERM ends the process in bounded time.
+    runtime.shutdown_timeout(std::time::Duration::from_secs(1));
     // One clear line per error (causes joined), never a backtrace.
-    match run_main().await {
+    match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e:#}");
@@ -155,6 +165,7 @@ async fn run(config: Config) -> anyhow::Result<()> {
         admin::AdminState {
             metrics,
             ready: ingest.ready(),
+            statuses: ingest.statuses(),
             rebuilds: ingest.rebuilds().clone(),
             redis: ingest.redis().clone(),
             admins,

@@ -1,7 +1,7 @@
 //! Produces generated events to the configured source topics.
 
-use crate::consumer::kafka_client_config;
 use crate::generate::{Event, Kind};
+use crate::kafka::kafka_client_config;
 use anyhow::Context as _;
 use foldcache_common::config::Config;
 use rdkafka::ClientContext;

@@ -1,17 +1,28 @@
-//! Per-partition progress: where ingest stands against what fetches report.
+//! Per-partition progress: where one partition stands against what fetches
+//! report, owned by that partition's task.
 //!
-//! Two questions are answered here, from the same data:
-//! - *caught up*: everything below the partition's high watermark, as
-//!   reported by a Fetch response after this consumer started, is folded;
+//! Three questions are answered here, from the same data:
+//! - *caught up*: everything below the partition's end, as reported by a
+//!   Fetch response after this consumer started, is folded;
 //! - *fresh as of T*: every record produced before time T is folded. Each
-//!   statistics snapshot `(T, high watermark)` is kept until the folded
-//!   position passes that watermark; then the partition is fresh as of T.
+//!   statistics snapshot `(T, end)` is kept until the folded position passes
+//!   that end; then the partition is fresh as of T;
+//! - *gone back in time*: the broker reports an end below the offset Redis
+//!   already holds (topic deleted and re-created, broker data loss).
 //!
-//! High watermarks come from librdkafka's statistics, which take them from
-//! Fetch responses. ListOffsets is never used (Tansu 0.6.0 answers it with
-//! the last batch's base offset + 1).
+//! Ends come from librdkafka's statistics, which take them from Fetch
+//! responses. ListOffsets is never used (Tansu 0.6.0 answers it with the
+//! last batch's base offset + 1).
+//!
+//! Only the partition's own task reads its records, so only it can say
+//! "nothing received is still unfolded"; it passes that as `idle` to
+//! [`PartitionProgress::observe`]. That is what lets a partition whose last
+//! records are transaction markers (never delivered) count as caught up:
+//! librdkafka moves its application offset past control records, and an
+//! idle task has folded everything it was handed.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{BTreeMap, VecDeque};
+use std::sync::{Arc, Mutex};
 
 /// `(topic, partition)`.
 pub type Tp = (String, i32);
@@ -21,45 +32,49 @@ pub type Tp = (String, i32);
 pub struct FetchView {
     /// High watermark from the last Fetch response.
     pub hi: i64,
-    /// librdkafka's next fetch offset.
-    pub next_fetch: i64,
-    /// Records fetched but not yet handed to ingest.
-    pub queued: i64,
-    /// Offset after the last record handed to ingest.
+    /// Offset after the last record (or control record) handed to ingest;
+    /// negative while nothing was.
     pub app_offset: i64,
+    /// When the snapshot was taken, ms since the epoch.
+    pub at_ms: i64,
 }
 
-impl FetchView {
-    /// Whether a partition folded up to `position` has nothing left below
-    /// this view's watermark.
-    ///
-    /// Only `position >= hi` is trusted. librdkafka's per-partition fetch
-    /// queue can be empty while fetched records still wait in the consumer
-    /// queue, so "fetcher at the end, nothing queued" is no proof: with a
-    /// broker that returns a whole partition in one response it declared a
-    /// replay caught up before a single record was folded (a false 404 after
-    /// a Redis flush, caught by tests/rebuild.rs). Known limit: a partition
-    /// whose last offset is a transaction marker (never delivered) only
-    /// counts as caught up once a data record follows it.
-    fn satisfied_by(&self, position: i64) -> bool {
-        position >= self.hi
-    }
-}
+/// The latest statistics snapshot of every partition a consumer fetches,
+/// written by librdkafka's statistics callback, read by partition tasks.
+pub type FetchViews = Arc<Mutex<BTreeMap<Tp, FetchView>>>;
 
 /// Snapshots kept per partition; older ones are dropped, which only makes
 /// the freshness estimate more conservative.
 const HISTORY: usize = 64;
 
-#[derive(Debug, Default)]
-struct Partition {
+/// One partition's progress.
+#[derive(Debug, Clone, Default)]
+pub struct PartitionProgress {
+    /// Next offset to fold: everything below is in Redis.
     position: i64,
     view: Option<FetchView>,
     history: VecDeque<(i64, i64)>,
     fresh_ms: Option<i64>,
+    caught_up: bool,
 }
 
-impl Partition {
-    fn settle(&mut self) {
+impl PartitionProgress {
+    /// A partition whose records below `start` are already folded.
+    pub fn new(start: i64) -> Self {
+        Self {
+            position: start,
+            ..Self::default()
+        }
+    }
+
+    /// The next offset to fold.
+    pub fn position(&self) -> i64 {
+        self.position
+    }
+
+    /// Everything below `next` is folded.
+    pub fn folded(&mut self, next: i64) {
+        self.position = self.position.max(next);
         while let Some(&(at, hi)) = self.history.front() {
             if hi > self.position {
                 break;
@@ -68,175 +83,192 @@ impl Partition {
             self.fresh_ms = Some(self.fresh_ms.map_or(at, |f| f.max(at)));
         }
     }
-}
 
-/// Progress of every assigned partition.
-#[derive(Debug, Default)]
-pub struct Progress {
-    parts: HashMap<Tp, Partition>,
-}
-
-impl Progress {
-    /// A partition was assigned; everything below `start` is already folded.
-    pub fn assign(&mut self, tp: Tp, start: i64) {
-        self.parts.insert(
-            tp,
-            Partition {
-                position: start,
-                ..Partition::default()
-            },
-        );
-    }
-
-    /// A partition was revoked.
-    pub fn revoke(&mut self, tp: &Tp) {
-        self.parts.remove(tp);
-    }
-
-    /// The next offset to fold, if the partition is assigned.
-    pub fn position(&self, tp: &Tp) -> Option<i64> {
-        self.parts.get(tp).map(|p| p.position)
-    }
-
-    /// Everything below `next` is folded.
-    pub fn folded(&mut self, tp: &Tp, next: i64) {
-        if let Some(p) = self.parts.get_mut(tp) {
-            p.position = p.position.max(next);
-            p.settle();
-        }
-    }
-
-    /// A statistics snapshot taken at `now_ms`.
-    pub fn observe(&mut self, tp: &Tp, view: FetchView, now_ms: i64) {
-        let Some(p) = self.parts.get_mut(tp) else {
+    /// A statistics snapshot; `idle` says that every record the task was
+    /// handed so far is folded.
+    pub fn observe(&mut self, view: FetchView, idle: bool) {
+        if view.hi < 0 {
             return;
-        };
-        p.view = Some(view);
-        if view.satisfied_by(p.position) {
-            p.history.clear();
-            p.fresh_ms = Some(now_ms);
-        } else {
-            if p.history.len() == HISTORY {
-                p.history.pop_front();
+        }
+        self.view = Some(view);
+        let at_end = self.position >= view.hi || (idle && view.app_offset >= view.hi);
+        if at_end {
+            self.caught_up = true;
+            self.history.clear();
+            self.fresh_ms = Some(self.fresh_ms.map_or(view.at_ms, |f| f.max(view.at_ms)));
+        } else if self.history.back().is_none_or(|&(_, hi)| hi != view.hi) {
+            if self.history.len() == HISTORY {
+                self.history.pop_front();
             }
-            p.history.push_back((now_ms, view.hi));
+            self.history.push_back((view.at_ms, view.hi));
         }
     }
 
-    /// Partitions with nothing left below their last reported watermark,
-    /// with their position.
-    pub fn caught_up(&self) -> Vec<(Tp, i64)> {
-        self.parts
-            .iter()
-            .filter(|(_, p)| p.view.is_some_and(|v| v.satisfied_by(p.position)))
-            .map(|(tp, p)| (tp.clone(), p.position))
-            .collect()
+    /// Whether the partition reached a fetch-reported end at least once.
+    pub fn caught_up(&self) -> bool {
+        self.caught_up
     }
 
-    /// Every record produced before the returned time (ms) is folded, for
-    /// every assigned partition. `None` while some partition has no
-    /// estimate yet; `Some(now_ms)` when nothing is assigned.
-    pub fn fresh_ms(&self, now_ms: i64) -> Option<i64> {
-        self.parts
-            .values()
-            .try_fold(now_ms, |acc, p| p.fresh_ms.map(|f| acc.min(f)))
+    /// Every record produced before the returned time (ms) is folded.
+    pub fn fresh_ms(&self) -> Option<i64> {
+        self.fresh_ms
     }
 
-    /// The last reported end of each partition (a build's progress target).
-    pub fn targets(&self) -> Vec<(Tp, i64)> {
-        self.parts
-            .iter()
-            .filter_map(|(tp, p)| p.view.map(|v| (tp.clone(), v.hi)))
-            .collect()
+    /// The last fetch-reported end.
+    pub fn end(&self) -> Option<i64> {
+        self.view.map(|v| v.hi)
     }
 
-    /// Records between the folded position and the last reported watermark.
-    pub fn lag(&self) -> Vec<(Tp, i64)> {
-        self.parts
-            .iter()
-            .filter_map(|(tp, p)| p.view.map(|v| (tp.clone(), (v.hi - p.position).max(0))))
-            .collect()
+    /// Records between the folded position and the reported end.
+    pub fn lag(&self) -> Option<i64> {
+        self.view.map(|v| (v.hi - self.position).max(0))
     }
+
+    /// `Some(end)` when the broker reports an end below what Redis already
+    /// holds: the partition's log went back in time.
+    pub fn source_went_back(&self) -> Option<i64> {
+        self.view
+            .filter(|v| v.hi >= 0 && v.hi < self.position)
+            .map(|v| v.hi)
+    }
+}
+
+/// What the jobs that are not per record (heartbeat, readiness, `/readyz`)
+/// see of one partition: a copy its task publishes after each change.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PartitionStatus {
+    /// Next offset to fold.
+    pub position: i64,
+    /// Last fetch-reported end.
+    pub end: Option<i64>,
+    /// Reached its end at least once.
+    pub caught_up: bool,
+    /// Every record produced before this time is folded.
+    pub fresh_ms: Option<i64>,
+    /// Why the partition cannot progress right now, if it cannot.
+    pub stalled: Option<String>,
+}
+
+impl PartitionStatus {
+    /// The status of `p`, with the task's stall reason.
+    pub fn of(p: &PartitionProgress, stalled: Option<String>) -> Self {
+        Self {
+            position: p.position(),
+            end: p.end(),
+            caught_up: p.caught_up(),
+            fresh_ms: p.fresh_ms(),
+            stalled,
+        }
+    }
+}
+
+/// Every assigned partition's status, for one generation's consumer. Each
+/// entry has one writer: its partition's task.
+pub type Statuses = Arc<Mutex<BTreeMap<Tp, PartitionStatus>>>;
+
+/// The partition statuses of every generation this instance consumes, for
+/// `/readyz`.
+pub type AllStatuses = Arc<Mutex<BTreeMap<u64, Statuses>>>;
+
+/// Freshness of a set of partitions: the least fresh; `None` while one has
+/// no estimate; `Some(now_ms)` when none is assigned.
+pub fn fresh_ms<'a>(
+    statuses: impl IntoIterator<Item = &'a PartitionStatus>,
+    now_ms: i64,
+) -> Option<i64> {
+    statuses
+        .into_iter()
+        .try_fold(now_ms, |acc, s| s.fresh_ms.map(|f| acc.min(f)))
+}
+
+/// Locks a short-lived map. A panic while holding it leaves a plain map
+/// behind; continuing with it is safe.
+pub fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn tp() -> Tp {
-        ("t".into(), 0)
-    }
-
-    fn view(hi: i64) -> FetchView {
+    fn view(hi: i64, app: i64, at: i64) -> FetchView {
         FetchView {
             hi,
-            next_fetch: hi,
-            queued: 1,
-            app_offset: hi,
+            app_offset: app,
+            at_ms: at,
         }
     }
 
     #[test]
     fn caught_up_only_once_the_reported_end_is_folded() {
-        let mut p = Progress::default();
-        p.assign(tp(), 0);
-        assert!(p.caught_up().is_empty(), "no fetch seen yet");
-        p.observe(&tp(), view(10), 1_000);
-        assert!(p.caught_up().is_empty());
-        p.folded(&tp(), 10);
-        assert_eq!(p.caught_up(), vec![(tp(), 10)]);
+        let mut p = PartitionProgress::new(0);
+        assert!(!p.caught_up(), "no fetch seen yet");
+        p.observe(view(10, -1001, 1_000), false);
+        assert!(!p.caught_up());
+        p.folded(10);
+        p.observe(view(10, 10, 1_100), true);
+        assert!(p.caught_up());
     }
 
     #[test]
-    fn freshness_is_the_time_of_the_last_passed_watermark() {
-        let mut p = Progress::default();
-        p.assign(tp(), 0);
-        assert_eq!(p.fresh_ms(5_000), None);
-        p.observe(&tp(), view(10), 1_000);
-        p.observe(&tp(), view(20), 2_000);
-        p.observe(&tp(), view(30), 3_000);
-        p.folded(&tp(), 25);
-        assert_eq!(
-            p.fresh_ms(5_000),
-            Some(2_000),
-            "records produced before t=2s are folded"
-        );
-        p.folded(&tp(), 30);
-        assert_eq!(p.fresh_ms(5_000), Some(3_000));
-        // At the end with nothing pending: fresh as of the snapshot.
-        p.observe(&tp(), view(30), 4_000);
-        assert_eq!(p.fresh_ms(5_000), Some(4_000));
+    fn delivered_but_unfolded_records_are_not_caught_up() {
+        // The whole partition was handed to the task (app offset at the
+        // end), but the task still holds records in its batch.
+        let mut p = PartitionProgress::new(0);
+        p.observe(view(5000, 5000, 1_000), false);
+        assert!(!p.caught_up());
+        assert_eq!(p.fresh_ms(), None);
+    }
+
+    #[test]
+    fn a_trailing_transaction_marker_counts_as_caught_up_when_idle() {
+        // Records 0..=8 are data, 9 is a commit marker: position stops at 9
+        // but librdkafka's application offset moves past the marker.
+        let mut p = PartitionProgress::new(0);
+        p.folded(9);
+        p.observe(view(10, 10, 1_000), true);
+        assert!(p.caught_up());
+        assert_eq!(p.fresh_ms(), Some(1_000));
+    }
+
+    #[test]
+    fn freshness_is_the_time_of_the_last_passed_end() {
+        let mut p = PartitionProgress::new(0);
+        p.observe(view(10, 0, 1_000), false);
+        p.observe(view(20, 0, 2_000), false);
+        p.observe(view(30, 0, 3_000), false);
+        p.folded(25);
+        assert_eq!(p.fresh_ms(), Some(2_000));
+        p.folded(30);
+        assert_eq!(p.fresh_ms(), Some(3_000));
+        p.observe(view(30, 30, 4_000), true);
+        assert_eq!(p.fresh_ms(), Some(4_000));
+    }
+
+    #[test]
+    fn an_end_below_the_stored_position_is_a_log_gone_back() {
+        let mut p = PartitionProgress::new(500);
+        assert_eq!(p.source_went_back(), None);
+        p.observe(view(12, -1001, 1_000), false);
+        assert_eq!(p.source_went_back(), Some(12));
+        let mut q = PartitionProgress::new(500);
+        q.observe(view(500, 500, 1_000), true);
+        assert_eq!(q.source_went_back(), None);
     }
 
     #[test]
     fn freshness_is_the_minimum_over_partitions_and_now_when_idle() {
-        let mut p = Progress::default();
-        assert_eq!(
-            p.fresh_ms(9_000),
-            Some(9_000),
-            "nothing assigned, nothing stale"
-        );
-        p.assign(tp(), 0);
-        p.assign(("t".into(), 1), 0);
-        p.observe(&tp(), view(0), 1_000);
-        p.observe(&("t".into(), 1), view(0), 2_000);
-        assert_eq!(p.fresh_ms(9_000), Some(1_000));
-    }
-
-    #[test]
-    fn fetched_but_undelivered_records_are_not_caught_up() {
-        let mut p = Progress::default();
-        p.assign(tp(), 0);
-        // The whole partition was fetched (next_fetch = hi) and moved to the
-        // consumer queue (fetch queue empty), but nothing is folded yet.
-        let view = FetchView {
-            hi: 5000,
-            next_fetch: 5000,
-            queued: 0,
-            app_offset: -1001,
+        assert_eq!(fresh_ms([], 9_000), Some(9_000));
+        let a = PartitionStatus {
+            fresh_ms: Some(1_000),
+            ..PartitionStatus::default()
         };
-        p.observe(&tp(), view, 1_000);
-        assert!(p.caught_up().is_empty());
-        assert_eq!(p.fresh_ms(2_000), None);
+        let b = PartitionStatus {
+            fresh_ms: Some(2_000),
+            ..PartitionStatus::default()
+        };
+        assert_eq!(fresh_ms([&a, &b], 9_000), Some(1_000));
+        let c = PartitionStatus::default();
+        assert_eq!(fresh_ms([&a, &c], 9_000), None);
     }
 }

@@ -1,6 +1,6 @@
 //! Creates the source topics (compacted) and the dead-letter topic.
 
-use crate::consumer::kafka_client_config;
+use crate::kafka::kafka_client_config;
 use anyhow::Context as _;
 use foldcache_common::config::Config;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};

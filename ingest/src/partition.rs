@@ -1,0 +1,366 @@
+//! One partition's pipeline, in its own task: fetch queue → decode → batch →
+//! dead letters → fold → offsets.
+//!
+//! A partition that cannot progress (Redis unreachable, the dead-letter topic
+//! gone) stalls only itself: it retries with capped, jittered backoff, says
+//! so once (a log line per state change, the
+//! `foldcache_ingest_partition_stalled` gauge, `/readyz` detail), and every
+//! other partition keeps folding. A record that can never be folded, of any
+//! size or shape, costs one dead letter (an envelope if it is too big for
+//! the dead-letter topic) and never stops anything.
+//!
+//! The task stops when its partition is revoked or ingest shuts down (it
+//! folds its last batch first), or when the fold finds that its generation
+//! or Redis changed under it (see [`PartitionExit`]).
+
+use crate::dead_letter::{DeadLetter, DeadLetters};
+use crate::decode::{Decoded, Limits, decode_within};
+use crate::fold::{FoldError, Folder, PartitionBatch};
+use crate::progress::{FetchViews, PartitionProgress, PartitionStatus, Statuses, Tp, lock};
+use crate::purge::Purger;
+use crate::rebalance::{KafkaConsumer, PartitionQueue};
+use crate::retry::{Backoff, Stall};
+use crate::source::Source;
+use foldcache_common::keys::KeySpace;
+use foldcache_common::runtime::now_ms;
+use rdkafka::consumer::Consumer as _;
+use rdkafka::message::{BorrowedMessage, Message as _};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio_util::sync::CancellationToken;
+
+/// A batch is folded once it holds this many bytes of values, whatever its
+/// record count: memory stays bounded at any backlog.
+const BATCH_MAX_BYTES: usize = 8 << 20;
+
+/// How often an idle partition looks at its fetch statistics.
+const OBSERVE_EVERY: Duration = Duration::from_millis(200);
+
+/// What every partition task of one generation shares.
+#[derive(Debug)]
+pub struct Pipeline {
+    /// The epoch every write is guarded by.
+    pub epoch: String,
+    /// The generation written.
+    pub generation: u64,
+    /// Key names.
+    pub keys: KeySpace,
+    /// The fold script.
+    pub folder: Folder,
+    /// The dead-letter producer.
+    pub dead: DeadLetters,
+    /// The CDN purge hook, if enabled.
+    pub purger: Option<Purger>,
+    /// Partition statuses (each task writes its own entry).
+    pub statuses: Statuses,
+    /// Fetch statistics (written by librdkafka's callback).
+    pub views: FetchViews,
+    /// Record limits.
+    pub limits: Limits,
+    /// Records per batch.
+    pub batch_max_events: usize,
+    /// Longest wait of a batch's first record.
+    pub linger: Duration,
+    /// Longest pause between retries.
+    pub retry_max: Duration,
+}
+
+/// Why a partition task ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PartitionExit {
+    /// Revoked or shut down, after folding its last batch.
+    Drained,
+    /// Redis lost foldcache's data (epoch gone).
+    EpochLost,
+    /// Its generation was replaced by a rebuild.
+    Retired,
+    /// Redis went back in time (holds less than it acknowledged).
+    RedisWentBack,
+    /// The partition's log went back in time (end below the stored offset).
+    SourceWentBack,
+}
+
+/// One partition's task.
+pub struct PartitionTask {
+    tp: Tp,
+    source: Arc<Source>,
+    consumer: Arc<KafkaConsumer>,
+    pipeline: Arc<Pipeline>,
+    con: redis::aio::ConnectionManager,
+    stop: CancellationToken,
+    progress: PartitionProgress,
+    stall: Stall,
+    backoff: Backoff,
+    started_ms: i64,
+}
+
+impl std::fmt::Debug for PartitionTask {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PartitionTask")
+            .field("tp", &self.tp)
+            .field("progress", &self.progress)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Records read but not yet folded.
+struct Batch {
+    partition: PartitionBatch,
+    dead: Vec<DeadLetter>,
+    records: usize,
+    bytes: usize,
+    started: Option<Instant>,
+}
+
+impl Batch {
+    fn new(tp: &Tp) -> Self {
+        Self {
+            partition: PartitionBatch::new(&tp.0, tp.1),
+            dead: Vec::new(),
+            records: 0,
+            bytes: 0,
+            started: None,
+        }
+    }
+}
+
+impl PartitionTask {
+    /// A task for `tp`, starting at `start` (the offset stored in Redis).
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        tp: Tp,
+        source: Arc<Source>,
+        consumer: Arc<KafkaConsumer>,
+        pipeline: Arc<Pipeline>,
+        con: redis::aio::ConnectionManager,
+        stop: CancellationToken,
+        start: i64,
+    ) -> Self {
+        let backoff = Backoff::new(pipeline.retry_max);
+        Self {
+            tp,
+            source,
+            consumer,
+            pipeline,
+            con,
+            stop,
+            progress: PartitionProgress::new(start),
+            stall: Stall::default(),
+            backoff,
+            started_ms: now_ms(),
+        }
+    }
+
+    /// Runs on `queue` (the partition's own fetch queue) until revoked,
+    /// shut down, or its generation or Redis changed.
+    pub async fn run(mut self, queue: PartitionQueue) -> PartitionExit {
+        self.publish();
+        let mut batch = Batch::new(&self.tp);
+        let mut observe = tokio::time::interval(OBSERVE_EVERY);
+        observe.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let exit = loop {
+            let full =
+                batch.records >= self.pipeline.batch_max_events || batch.bytes >= BATCH_MAX_BYTES;
+            let deadline = batch
+                .started
+                .map(|s| tokio::time::Instant::from_std(s + self.pipeline.linger));
+            tokio::select! {
+                biased;
+                () = self.stop.cancelled() => {
+                    break match self.flush(&mut batch).await {
+                        Ok(()) => PartitionExit::Drained,
+                        Err(exit) => exit,
+                    };
+                }
+                () = sleep_until(deadline), if deadline.is_some() || full => {
+                    if let Err(exit) = self.flush(&mut batch).await {
+                        break exit;
+                    }
+                }
+                msg = queue.recv(), if !full => match msg {
+                    Ok(m) => self.add(&mut batch, &m),
+                    Err(e) => {
+                        if self.stall.failed("broker") {
+                            tracing::warn!(topic = %self.tp.0, partition = self.tp.1, error = %e, "fetch error");
+                        }
+                    }
+                },
+                _ = observe.tick() => {
+                    if let Some(exit) = self.observe(batch.records == 0) {
+                        break exit;
+                    }
+                }
+            }
+        };
+        metrics::gauge!("foldcache_ingest_partition_stalled",
+            "topic" => self.tp.0.clone(), "partition" => self.tp.1.to_string())
+        .set(0.0);
+        exit
+    }
+
+    fn add(&mut self, batch: &mut Batch, m: &BorrowedMessage<'_>) {
+        let offset = m.offset();
+        if offset < self.progress.position() {
+            // Already in Redis (a replay after assignment): not even decoded.
+            metrics::counter!("foldcache_ingest_replay_skipped_total").increment(1);
+            return;
+        }
+        batch.started.get_or_insert_with(Instant::now);
+        batch.records += 1;
+        batch.bytes += m.payload_len() + m.key().map_or(0, <[u8]>::len);
+        let limits = self.pipeline.limits;
+        match decode_within(&self.source, m.key(), m.payload(), limits) {
+            Ok(decoded) => {
+                let kind = if matches!(decoded, Decoded::Delete { .. }) {
+                    "delete"
+                } else {
+                    "upsert"
+                };
+                metrics::counter!("foldcache_ingest_records_total",
+                    "entity" => self.source.entity.to_string(), "kind" => kind)
+                .increment(1);
+                batch.partition.push(
+                    &self.pipeline.keys,
+                    self.pipeline.generation,
+                    &self.source,
+                    offset,
+                    m.timestamp().to_millis().unwrap_or_else(now_ms),
+                    decoded,
+                );
+            }
+            Err(poison) => {
+                batch.partition.advance(offset);
+                batch.dead.push(DeadLetter {
+                    topic: self.tp.0.clone(),
+                    partition: self.tp.1,
+                    offset,
+                    key: m.key().map(<[u8]>::to_vec),
+                    value: m.payload().map(<[u8]>::to_vec),
+                    reason: poison.code(),
+                    error: poison.to_string(),
+                });
+            }
+        }
+    }
+
+    /// Dead-letters, folds and stores the offset of the batch, retrying
+    /// transient failures until they pass (the generation's loop aborts the
+    /// task if a shutdown's drain time runs out first: nothing was stored,
+    /// so the next owner folds it again).
+    async fn flush(&mut self, batch: &mut Batch) -> Result<(), PartitionExit> {
+        if batch.records == 0 {
+            batch.started = None;
+            return Ok(());
+        }
+        let started = Instant::now();
+        for letter in std::mem::take(&mut batch.dead) {
+            loop {
+                match self.pipeline.dead.send(&letter).await {
+                    Ok(()) => break,
+                    Err(e) => self.failed(e.kind(), &e).await,
+                }
+            }
+        }
+        let known = self.progress.position();
+        let outcome = loop {
+            let folded = self
+                .pipeline
+                .folder
+                .fold_from(
+                    &mut self.con,
+                    &self.pipeline.epoch,
+                    self.pipeline.generation,
+                    std::slice::from_ref(&batch.partition),
+                    &[known],
+                )
+                .await;
+            match folded {
+                Ok(o) => break o.into_iter().next().unwrap_or_default(),
+                Err(FoldError::EpochChanged) => return Err(PartitionExit::EpochLost),
+                Err(FoldError::Retired) => return Err(PartitionExit::Retired),
+                Err(e @ FoldError::WentBack { .. }) => {
+                    tracing::error!(topic = %self.tp.0, partition = self.tp.1, error = %e,
+                        generation = self.pipeline.generation, "Redis went back in time");
+                    return Err(PartitionExit::RedisWentBack);
+                }
+                Err(e @ FoldError::Redis(_)) => self.failed("redis", &e).await,
+            }
+        };
+        self.recovered();
+        let next = batch.partition.next_offset();
+        self.progress.folded(next);
+        // Mirror into the consumer group for monitoring tools.
+        let _ = self.consumer.store_offset(&self.tp.0, self.tp.1, next);
+        if let Some(p) = &self.pipeline.purger {
+            p.purge(batch.partition.tags());
+        }
+        let entity = self.source.entity.to_string();
+        for (label, n) in [
+            ("upserted", outcome.upserted),
+            ("deleted", outcome.deleted),
+            ("skipped", outcome.skipped),
+        ] {
+            metrics::counter!("foldcache_ingest_folded_total", "entity" => entity.clone(), "outcome" => label)
+                .increment(n);
+        }
+        metrics::histogram!("foldcache_ingest_batch_seconds")
+            .record(started.elapsed().as_secs_f64());
+        tracing::debug!(topic = %self.tp.0, partition = self.tp.1, records = batch.records, next, "batch folded");
+        *batch = Batch::new(&self.tp);
+        self.publish();
+        Ok(())
+    }
+
+    /// Looks at the latest fetch statistics; `idle` = nothing unfolded.
+    fn observe(&mut self, idle: bool) -> Option<PartitionExit> {
+        let view = lock(&self.pipeline.views).get(&self.tp).copied();
+        // Only snapshots taken since this task started describe this
+        // assignment.
+        let view = view.filter(|v| v.at_ms >= self.started_ms)?;
+        self.progress.observe(view, idle);
+        if let Some(end) = self.progress.source_went_back() {
+            tracing::error!(topic = %self.tp.0, partition = self.tp.1, end,
+                stored = self.progress.position(), generation = self.pipeline.generation,
+                "the partition's log went back in time: the broker reports an end below the offset Redis holds");
+            return Some(PartitionExit::SourceWentBack);
+        }
+        if let Some(lag) = self.progress.lag() {
+            metrics::gauge!("foldcache_ingest_partition_lag",
+                "topic" => self.tp.0.clone(), "partition" => self.tp.1.to_string())
+            .set(lag as f64);
+        }
+        self.publish();
+        None
+    }
+
+    async fn failed(&mut self, reason: &str, error: &(dyn std::fmt::Display + Sync)) {
+        if self.stall.failed(reason) {
+            tracing::warn!(topic = %self.tp.0, partition = self.tp.1, reason, error = %error,
+                "partition stalled: retrying with backoff");
+            metrics::gauge!("foldcache_ingest_partition_stalled",
+                "topic" => self.tp.0.clone(), "partition" => self.tp.1.to_string())
+            .set(1.0);
+            self.publish();
+        }
+        tokio::time::sleep(self.backoff.next_delay()).await;
+    }
+
+    fn recovered(&mut self) {
+        self.backoff.reset();
+        if let Some(failures) = self.stall.recovered() {
+            tracing::info!(topic = %self.tp.0, partition = self.tp.1, failures, "partition recovered");
+            metrics::gauge!("foldcache_ingest_partition_stalled",
+                "topic" => self.tp.0.clone(), "partition" => self.tp.1.to_string())
+            .set(0.0);
+        }
+    }
+
+    fn publish(&self) {
+        let status = PartitionStatus::of(&self.progress, self.stall.reason().map(str::to_owned));
+        lock(&self.pipeline.statuses).insert(self.tp.clone(), status);
+    }
+}
+
+async fn sleep_until(deadline: Option<tokio::time::Instant>) {
+    tokio::time::sleep_until(deadline.unwrap_or_else(tokio::time::Instant::now)).await;
+}
