@@ -178,7 +178,7 @@ fn kafka(c: &Config) -> Result<(), ConfigError> {
         ));
     }
     check_topic("kafka.dead_letter_topic", &k.dead_letter_topic)?;
-    for (name, _) in &k.client {
+    for name in k.client.keys() {
         if let Some((_, why)) = OWNED_KAFKA_PROPERTIES
             .iter()
             .find(|(owned, _)| owned == name)
