@@ -340,13 +340,23 @@ fn shareable(r: &Res) -> bool {
     !(cc == "no-store" || cc.starts_with("private"))
 }
 
+/// A request and the error it must get: method, path, bearer token, extra
+/// headers, status.
+type ErrorCase<'a> = (
+    Method,
+    &'a str,
+    Option<&'a str>,
+    &'a [(&'a str, &'a str)],
+    StatusCode,
+);
+
 #[tokio::test]
 async fn no_error_answered_to_a_token_holder_is_shareable() -> Result<()> {
     let config = config();
     let f = fixture(&config).await?;
     let app = &f.app;
     let e1 = "/v1/employees/E000001";
-    let cases: [(Method, &str, Option<&str>, &[(&str, &str)], StatusCode); 10] = [
+    let cases: [ErrorCase; 10] = [
         (
             Method::GET,
             "/v1/employees/E9999999",
