@@ -321,9 +321,180 @@ async fn opting_in_to_shared_caches_keeps_public_and_varies_on_authorization() -
     let mut config = config();
     config.auth.shared_cache_keys_on_authorization = true;
     let f = fixture(&config).await?;
-    let r = get(&f.app, "/v1/employees/E000002", Some(DIRECTORY_TOKEN), &[]).await?;
-    assert_eq!(r.status, StatusCode::OK);
-    assert!(r.header("cache-control").unwrap().starts_with("public"));
+    for (uri, status) in [
+        ("/v1/employees/E000002", StatusCode::OK),
+        ("/v1/employees/E9999999", StatusCode::NOT_FOUND),
+    ] {
+        let r = get(&f.app, uri, Some(DIRECTORY_TOKEN), &[]).await?;
+        assert_eq!(r.status, status);
+        assert!(r.header("cache-control").unwrap().starts_with("public"));
+        assert_eq!(r.header("vary"), Some("Accept-Encoding, Authorization"));
+    }
+    Ok(())
+}
+
+/// Whether a shared cache may store this response and hand it to another
+/// caller: `public`, or no `private` / `no-store`.
+fn shareable(r: &Res) -> bool {
+    let cc = r.header("cache-control").unwrap_or("");
+    !(cc == "no-store" || cc.starts_with("private"))
+}
+
+/// A request and the error it must get: method, path, bearer token, extra
+/// headers, status.
+type ErrorCase<'a> = (
+    Method,
+    &'a str,
+    Option<&'a str>,
+    &'a [(&'a str, &'a str)],
+    StatusCode,
+);
+
+#[tokio::test]
+async fn no_error_answered_to_a_token_holder_is_shareable() -> Result<()> {
+    let config = config();
+    let f = fixture(&config).await?;
+    let app = &f.app;
+    let e1 = "/v1/employees/E000001";
+    let cases: [ErrorCase; 10] = [
+        (
+            Method::GET,
+            "/v1/employees/E9999999",
+            Some(HR_TOKEN),
+            &[],
+            StatusCode::NOT_FOUND,
+        ),
+        (
+            Method::HEAD,
+            "/v1/employees/E9999999",
+            Some(HR_TOKEN),
+            &[],
+            StatusCode::NOT_FOUND,
+        ),
+        (
+            Method::GET,
+            "/v1/nosuch/E1",
+            Some(HR_TOKEN),
+            &[],
+            StatusCode::NOT_FOUND,
+        ),
+        (
+            Method::GET,
+            "/nope",
+            Some(HR_TOKEN),
+            &[],
+            StatusCode::NOT_FOUND,
+        ),
+        (
+            Method::GET,
+            "/v1/employees/a%20b",
+            Some(HR_TOKEN),
+            &[],
+            StatusCode::BAD_REQUEST,
+        ),
+        (
+            Method::GET,
+            "/v1/employees",
+            Some(HR_TOKEN),
+            &[],
+            StatusCode::BAD_REQUEST,
+        ),
+        (
+            Method::GET,
+            e1,
+            Some(TEAMS_ONLY_TOKEN),
+            &[],
+            StatusCode::FORBIDDEN,
+        ),
+        (
+            Method::GET,
+            e1,
+            Some("not-a-known-token"),
+            &[],
+            StatusCode::UNAUTHORIZED,
+        ),
+        (
+            Method::GET,
+            e1,
+            Some(HR_TOKEN),
+            &[("if-match", "\"x\"")],
+            StatusCode::PRECONDITION_FAILED,
+        ),
+        (
+            Method::POST,
+            e1,
+            Some(HR_TOKEN),
+            &[],
+            StatusCode::METHOD_NOT_ALLOWED,
+        ),
+    ];
+    for (method, uri, bearer, extra, status) in cases {
+        let auth = bearer.map(|t| format!("Bearer {t}"));
+        let mut headers = extra.to_vec();
+        if let Some(a) = &auth {
+            headers.push(("authorization", a));
+        }
+        let r = send(app, method.clone(), uri, &headers).await?;
+        assert_eq!(r.status, status, "{method} {uri}");
+        assert!(
+            !shareable(&r),
+            "{method} {uri} ({status}) to a token holder is shareable: {:?}",
+            r.header("cache-control")
+        );
+    }
+    // The token holder's 404 for a missing id: private, like its 200s.
+    let r = get(app, "/v1/employees/E9999999", Some(HR_TOKEN), &[]).await?;
+    assert_eq!(r.header("cache-control"), Some("private, max-age=5"));
     assert_eq!(r.header("vary"), Some("Accept-Encoding, Authorization"));
+    // An anonymous caller's 404 stays public, but varies on Authorization so
+    // no cache serves it to a token holder.
+    let r = get(app, "/v1/teams/T9999999", None, &[]).await?;
+    assert_eq!(r.status, StatusCode::NOT_FOUND);
+    assert_eq!(r.header("cache-control"), Some("public, max-age=5"));
+    assert_eq!(r.header("vary"), Some("Accept-Encoding, Authorization"));
+    // A rate-limited token: 429, never stored.
+    let mut last = None;
+    for _ in 0..4 {
+        last = Some(get(app, "/v1/teams/T000001", Some(LIMITED_TOKEN), &[]).await?);
+    }
+    let r = last.unwrap();
+    assert_eq!(r.status, StatusCode::TOO_MANY_REQUESTS);
+    assert!(!shareable(&r));
+    Ok(())
+}
+
+#[tokio::test]
+async fn an_unknown_entity_type_is_the_same_404_for_every_caller() -> Result<()> {
+    let config = config();
+    let f = fixture(&config).await?;
+    let app = &f.app;
+    let mut bodies = BTreeSet::new();
+    for uri in ["/v1/salaries/E000001", "/v1/salaries?id=E000001"] {
+        for bearer in [None, Some(HR_TOKEN), Some(TEAMS_ONLY_TOKEN)] {
+            let r = get(app, uri, bearer, &[]).await?;
+            assert_eq!(r.status, StatusCode::NOT_FOUND, "{uri} {bearer:?}");
+            assert_eq!(r.header("content-type"), Some("application/problem+json"));
+            assert_eq!(r.header("cache-control"), Some("no-store"));
+            assert_eq!(r.header("www-authenticate"), None);
+            bodies.insert(r.body.clone());
+        }
+    }
+    assert_eq!(bodies.len(), 1, "one answer whoever asks");
+    // Configured types the caller may not read: 401 without a token, 403
+    // with one, whatever the id (no id is looked up).
+    for id in ["E000001", "E9999999", "a%20b"] {
+        let uri = format!("/v1/employees/{id}");
+        assert_eq!(
+            get(app, &uri, None, &[]).await?.status,
+            StatusCode::UNAUTHORIZED
+        );
+        assert_eq!(
+            get(app, &uri, Some(TEAMS_ONLY_TOKEN), &[]).await?.status,
+            StatusCode::FORBIDDEN
+        );
+    }
+    // An unknown token is refused before the path is looked at.
+    let r = get(app, "/v1/salaries/E000001", Some("not-a-known-token"), &[]).await?;
+    assert_eq!(r.status, StatusCode::UNAUTHORIZED);
     Ok(())
 }

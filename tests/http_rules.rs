@@ -9,7 +9,7 @@ use axum::Router;
 use axum::http::{Method, StatusCode};
 use common::{Res, send};
 use foldcache::RedisServer;
-use foldcache_common::config::{Config, ValueFormat};
+use foldcache_common::config::{Config, ValueFormat, Visibility};
 use foldcache_common::id::EntityName;
 use foldcache_common::keys::{InstanceBeat, KeySpace};
 use foldcache_ingest::decode::decode;
@@ -35,37 +35,61 @@ fn e1() -> Value {
            "skills": ["rust", "sql"], "active": true, "manager_id": null, "bio": "x".repeat(300)})
 }
 
-/// A ready cache with employees E1 and E2, as ingest writes them.
-async fn fixture(config: Config) -> Result<Fixture> {
-    let redis = RedisServer::start().await?;
-    let mut con = redis.connection().await?;
-    let keys = KeySpace::new("fc");
-    let epoch = "test-epoch";
-    foldcache::seed_ready_cache(&mut con, &keys, epoch).await?;
-    let source = Source {
+fn employees_source() -> Result<Source> {
+    Ok(Source {
         topic: "hr.employees".into(),
         entity: EntityName::parse("employees")?,
         format: ValueFormat::Json,
         id_prefix: String::new(),
         ttl_ms: 60_000,
-    };
+    })
+}
+
+/// Folds records of `hr.employees` partition 0 as ingest does: `(offset,
+/// id, state or None for a tombstone, record timestamp)`.
+async fn fold(
+    con: &mut redis::aio::MultiplexedConnection,
+    records: &[(i64, &str, Option<Value>, i64)],
+) -> Result<()> {
+    let keys = KeySpace::new("fc");
+    let source = employees_source()?;
     let mut batch = PartitionBatch::new("hr.employees", 0);
-    for (offset, (id, v)) in [("E1", e1()), ("E2", json!({"id": "E2", "name": "Smith"}))]
-        .into_iter()
-        .enumerate()
-    {
+    for (offset, id, v, timestamp_ms) in records {
+        let value = v.as_ref().map(Value::to_string);
         let d = decode(
             &source,
             Some(id.as_bytes()),
-            Some(v.to_string().as_bytes()),
+            value.as_deref().map(str::as_bytes),
             1 << 20,
         )
         .map_err(|e| anyhow::anyhow!("{e}"))?;
-        batch.push(&keys, 1, &source, offset as i64, MODIFIED_MS, d);
+        batch.push(&keys, 1, &source, *offset, *timestamp_ms, d);
     }
-    Folder::new(keys.clone())
-        .fold(&mut con, epoch, 1, &[batch])
-        .await?;
+    Folder::new(keys).fold(con, EPOCH, 1, &[batch]).await?;
+    Ok(())
+}
+
+const EPOCH: &str = "test-epoch";
+
+/// A ready cache with employees E1 and E2, as ingest writes them.
+async fn fixture(config: Config) -> Result<Fixture> {
+    let redis = RedisServer::start().await?;
+    let mut con = redis.connection().await?;
+    let keys = KeySpace::new("fc");
+    foldcache::seed_ready_cache(&mut con, &keys, EPOCH).await?;
+    fold(
+        &mut con,
+        &[
+            (0, "E1", Some(e1()), MODIFIED_MS),
+            (
+                1,
+                "E2",
+                Some(json!({"id": "E2", "name": "Smith"})),
+                MODIFIED_MS,
+            ),
+        ],
+    )
+    .await?;
     let store = Store::connect(redis::Client::open(redis.url())?, keys).await?;
     let app = router(AppState::new(store, &config), config.http.compression);
     Ok(Fixture {
@@ -226,6 +250,146 @@ async fn if_modified_since_alone() -> Result<()> {
 }
 
 #[tokio::test]
+async fn dates_compare_at_the_second_granularity_of_http_dates() -> Result<()> {
+    let mut f = ready().await?;
+    // Modified 999 ms into the second that Last-Modified names.
+    fold(
+        &mut f.con,
+        &[(2, "E3", Some(json!({"id": "E3"})), MODIFIED_MS + 999)],
+    )
+    .await?;
+    let uri = "/v1/employees/E3";
+    let r = get(&f.app, uri, &[]).await?;
+    assert_eq!(r.header("last-modified"), Some(LAST_MODIFIED));
+    let a_second_before = "Tue, 31 Dec 2024 23:59:59 GMT";
+    for (h, date, status) in [
+        ("if-modified-since", LAST_MODIFIED, StatusCode::NOT_MODIFIED),
+        ("if-modified-since", a_second_before, StatusCode::OK),
+        ("if-unmodified-since", LAST_MODIFIED, StatusCode::OK),
+        (
+            "if-unmodified-since",
+            a_second_before,
+            StatusCode::PRECONDITION_FAILED,
+        ),
+    ] {
+        let r = get(&f.app, uri, &[(h, date)]).await?;
+        assert_eq!(r.status, status, "{h}: {date}");
+    }
+    Ok(())
+}
+
+#[tokio::test]
+async fn last_modified_is_never_in_the_future() -> Result<()> {
+    let mut f = ready().await?;
+    // A producer whose clock is ten days ahead.
+    let ahead = foldcache_common::runtime::now_ms() + 10 * 24 * 3600 * 1000;
+    fold(&mut f.con, &[(2, "E4", Some(json!({"id": "E4"})), ahead)]).await?;
+    let r = get(&f.app, "/v1/employees/E4", &[]).await?;
+    let served = httpdate::parse_http_date(r.header("last-modified").unwrap())?;
+    assert!(
+        served <= std::time::SystemTime::now(),
+        "Last-Modified {:?} is later than the response (RFC 9110 §8.8.2.1)",
+        r.header("last-modified")
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_batch_has_no_last_modified_so_a_deletion_never_answers_304() -> Result<()> {
+    let mut f = ready().await?;
+    let a_day_later = MODIFIED_MS + 24 * 3600 * 1000;
+    fold(
+        &mut f.con,
+        &[(2, "E5", Some(json!({"id": "E5"})), a_day_later)],
+    )
+    .await?;
+    let uri = "/v1/employees?id=E1&id=E5";
+    let before = get(&f.app, uri, &[]).await?;
+    assert_eq!(before.status, StatusCode::OK);
+    // The newest member goes: the newest remaining date is older than the
+    // one a client may hold, yet the body changed.
+    fold(&mut f.con, &[(3, "E5", None, a_day_later + 1000)]).await?;
+    let r = get(
+        &f.app,
+        uri,
+        &[("if-modified-since", "Thu, 02 Jan 2025 00:00:00 GMT")],
+    )
+    .await?;
+    assert_eq!(r.status, StatusCode::OK);
+    assert_eq!(r.json()["E5"], Value::Null);
+    assert_eq!(before.header("last-modified"), None);
+    // An If-Unmodified-Since cannot fail without a date either.
+    let r = get(
+        &f.app,
+        uri,
+        &[("if-unmodified-since", "Mon, 01 Jan 2024 00:00:00 GMT")],
+    )
+    .await?;
+    assert_eq!(r.status, StatusCode::OK);
+    Ok(())
+}
+
+#[tokio::test]
+async fn if_modified_since_only_counts_alone_valid_and_on_get_or_head() -> Result<()> {
+    let f = ready().await?;
+    let tag = etag_of_e1(&f.app).await?;
+    let uri = "/v1/employees/E1";
+    // A matching If-None-Match decides (304) although the date says
+    // modified; the date is not even looked at.
+    let r = get(
+        &f.app,
+        uri,
+        &[
+            ("if-none-match", &tag),
+            ("if-modified-since", "Sat, 01 Jan 2000 00:00:00 GMT"),
+        ],
+    )
+    .await?;
+    assert_eq!(r.status, StatusCode::NOT_MODIFIED);
+    // A malformed If-None-Match still disables the date.
+    let r = get(
+        &f.app,
+        uri,
+        &[
+            ("if-none-match", "not-quoted"),
+            ("if-modified-since", LAST_MODIFIED),
+        ],
+    )
+    .await?;
+    assert_eq!(r.status, StatusCode::OK);
+    // Not a date, or more than one: ignored.
+    let two = format!("{LAST_MODIFIED}, {LAST_MODIFIED}");
+    for bad in ["yesterday", "1735689600", two.as_str()] {
+        let r = get(&f.app, uri, &[("if-modified-since", bad)]).await?;
+        assert_eq!(r.status, StatusCode::OK, "{bad:?}");
+    }
+    let r = get(
+        &f.app,
+        uri,
+        &[
+            ("if-modified-since", LAST_MODIFIED),
+            ("if-modified-since", LAST_MODIFIED),
+        ],
+    )
+    .await?;
+    assert_eq!(r.status, StatusCode::OK, "two header lines");
+    // HEAD like GET; other methods never get a 304.
+    let r = send(
+        &f.app,
+        Method::HEAD,
+        uri,
+        &[("if-modified-since", LAST_MODIFIED)],
+    )
+    .await?;
+    assert_eq!(r.status, StatusCode::NOT_MODIFIED);
+    for method in [Method::POST, Method::PUT, Method::DELETE] {
+        let r = send(&f.app, method, uri, &[("if-modified-since", LAST_MODIFIED)]).await?;
+        assert_eq!(r.status, StatusCode::METHOD_NOT_ALLOWED);
+    }
+    Ok(())
+}
+
+#[tokio::test]
 async fn head_has_gets_headers_and_no_body() -> Result<()> {
     let f = ready().await?;
     let g = get(&f.app, "/v1/employees/E1", &[]).await?;
@@ -355,12 +519,60 @@ async fn not_found_is_problem_json_with_a_short_negative_lifetime() -> Result<()
     assert_eq!(r.status, StatusCode::NOT_FOUND);
     assert_eq!(r.header("content-type"), Some("application/problem+json"));
     assert_eq!(r.header("cache-control"), Some("public, max-age=5"));
+    assert_eq!(r.header("vary"), Some("Accept-Encoding"));
     assert_eq!(r.json()["status"], json!(404));
     Ok(())
 }
 
 #[tokio::test]
-async fn invalid_ids_and_entities_get_400_and_touch_nothing() -> Result<()> {
+async fn a_404_is_cached_for_the_same_audience_as_the_entitys_200() -> Result<()> {
+    for (visibility, expected) in [
+        (Visibility::NoStore, "no-store"),
+        (Visibility::Private, "private, max-age=5"),
+    ] {
+        let mut config = Config::default();
+        let employees = config.entities.get_mut("employees").unwrap();
+        employees.cache_control.visibility = visibility;
+        let f = fixture(config).await?;
+        let r = get(&f.app, "/v1/employees/E404", &[]).await?;
+        assert_eq!(r.status, StatusCode::NOT_FOUND);
+        assert_eq!(r.header("cache-control"), Some(expected), "{visibility:?}");
+    }
+    Ok(())
+}
+
+#[tokio::test]
+async fn unknown_entity_types_are_404_problem_json_never_cached() -> Result<()> {
+    let mut f = ready().await?;
+    let before: Vec<String> = f.con.keys("*").await?;
+    for uri in [
+        "/v1/salaries/E1",
+        "/v1/salaries?id=E1",
+        "/v1/salaries",
+        "/v1/Nope/E1",
+        "/v1/a%2A/E1",
+    ] {
+        for method in [Method::GET, Method::HEAD] {
+            let r = send(&f.app, method.clone(), uri, &[]).await?;
+            assert_eq!(r.status, StatusCode::NOT_FOUND, "{method} {uri}");
+            assert_eq!(r.header("content-type"), Some("application/problem+json"));
+            assert_eq!(r.header("cache-control"), Some("no-store"), "{uri}");
+            if method == Method::GET {
+                assert_eq!(
+                    r.json()["type"],
+                    json!("https://foldcache.dev/problems/unknown-entity")
+                );
+                assert_eq!(r.json()["status"], json!(404));
+            }
+        }
+    }
+    let after: Vec<String> = f.con.keys("*").await?;
+    assert_eq!(before.len(), after.len());
+    Ok(())
+}
+
+#[tokio::test]
+async fn invalid_ids_get_400_and_touch_nothing() -> Result<()> {
     let mut f = ready().await?;
     let before: Vec<String> = f.con.keys("*").await?;
     let long = "a".repeat(10 * 1024);
@@ -376,10 +588,6 @@ async fn invalid_ids_and_entities_get_400_and_touch_nothing() -> Result<()> {
         );
         assert_eq!(r.header("content-type"), Some("application/problem+json"));
     }
-    let r = get(&f.app, "/v1/Nope/E1", &[]).await?;
-    assert_eq!(r.status, StatusCode::BAD_REQUEST);
-    let r = get(&f.app, "/v1/salaries/E1", &[]).await?;
-    assert_eq!(r.status, StatusCode::BAD_REQUEST);
     let after: Vec<String> = f.con.keys("*").await?;
     assert_eq!(before.len(), after.len());
     Ok(())

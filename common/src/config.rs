@@ -7,15 +7,17 @@
 //! Tables merge key by key; arrays (`sources`) replace the default whole.
 //! Unknown keys are an error.
 
-use crate::id::{EntityName, IdError};
+use crate::id::EntityName;
 use crate::secret::Secret;
 use figment::Figment;
 use figment::providers::{Env, Format, Serialized, Toml};
 use serde::{Deserialize, Serialize};
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::Path;
 use thiserror::Error;
+
+mod validate;
 
 /// A configuration that could not be loaded or does not make sense.
 #[derive(Debug, Error)]
@@ -325,7 +327,8 @@ pub struct EntityConfig {
     /// Freshness bound: when the pipeline has not confirmed for this long
     /// that every produced record is folded (ingest down or stuck),
     /// query-api answers 503 instead of an answer older than the bound.
-    /// `0` disables the bound.
+    /// Required (at least 1): entities have TTLs, so without a bound a
+    /// stopped ingest would let them expire into false 404s.
     pub freshness_secs: u64,
     /// `Cache-Control` of a 200/304 for this entity.
     pub cache_control: CacheControlConfig,
@@ -482,126 +485,11 @@ impl Config {
         Ok(config)
     }
 
-    /// Checks what serde cannot: names, references between sections, limits.
+    /// Checks what serde cannot: every value that would break a promise
+    /// (see [`validate`] for the rules). The error is one line naming the
+    /// key, its value and why.
     pub fn validate(&self) -> Result<(), ConfigError> {
-        let bad = |what: String| Err(ConfigError::Invalid(what));
-        for (name, e) in &self.entities {
-            if let Err(err) = EntityName::parse(name) {
-                return bad(format!("entity name {name:?}: {err}"));
-            }
-            if e.ttl_secs == 0 {
-                return bad(format!("entities.{name}.ttl_secs must be positive"));
-            }
-            if e.freshness_secs > 0 && e.ttl_secs < 2 * e.freshness_secs {
-                return bad(format!(
-                    "entities.{name}.ttl_secs ({}) must be at least twice freshness_secs ({}), \
-                     or an entity could expire (a false 404) before the bound makes it a 503",
-                    e.ttl_secs, e.freshness_secs
-                ));
-            }
-        }
-        let mut topics = BTreeSet::new();
-        for s in &self.sources {
-            if !self.entities.contains_key(&s.entity) {
-                return bad(format!(
-                    "source topic {:?} feeds entity {:?}, which is not under [entities]",
-                    s.topic, s.entity
-                ));
-            }
-            if !topics.insert(&s.topic) {
-                return bad(format!("topic {:?} is listed twice in sources", s.topic));
-            }
-            if !s.id_prefix.is_empty() {
-                check_id_prefix(&s.id_prefix).map_err(|e| {
-                    ConfigError::Invalid(format!("id_prefix of {:?}: {e}", s.topic))
-                })?;
-            }
-        }
-        if self.sources.is_empty() {
-            return bad("no sources configured".into());
-        }
-        if self.redis.key_prefix.is_empty() || self.redis.key_prefix.contains(['{', '}', '*', ' '])
-        {
-            return bad("redis.key_prefix must be non-empty, without braces, '*' or spaces".into());
-        }
-        if self.ingest.batch_max_events == 0 {
-            return bad("ingest.batch_max_events must be at least 1".into());
-        }
-        self.validate_auth()
-    }
-
-    fn validate_auth(&self) -> Result<(), ConfigError> {
-        let bad = |what: String| Err(ConfigError::Invalid(what));
-        for (name, e) in &self.entities {
-            for (view, fields) in &e.views {
-                if view == FULL_VIEW {
-                    return bad(format!(
-                        "entities.{name}.views.{FULL_VIEW} is built in (every field)"
-                    ));
-                }
-                if EntityName::parse(view).is_err() {
-                    return bad(format!(
-                        "entities.{name}.views: view name {view:?} must be lower-case letters, digits or '_', starting with a letter"
-                    ));
-                }
-                if fields.is_empty() {
-                    return bad(format!("entities.{name}.views.{view} lists no fields"));
-                }
-                if fields.len() > 1 && fields.iter().any(|f| f == "*") {
-                    return bad(format!(
-                        "entities.{name}.views.{view}: \"*\" (every field) must stand alone"
-                    ));
-                }
-            }
-        }
-        let view_exists = |entity: &str, view: &str| {
-            self.entities
-                .get(entity)
-                .is_some_and(|e| view == FULL_VIEW || e.views.contains_key(view))
-        };
-        for (entity, view) in &self.auth.anonymous {
-            if !view_exists(entity, view) {
-                return bad(format!(
-                    "auth.anonymous grants view {view:?} of entity {entity:?}, which is not configured"
-                ));
-            }
-        }
-        let mut names = BTreeSet::new();
-        let mut hashes = BTreeSet::new();
-        for t in &self.auth.tokens {
-            if t.name.is_empty() || !names.insert(&t.name) {
-                return bad(format!(
-                    "auth.tokens: name {:?} is empty or used twice",
-                    t.name
-                ));
-            }
-            if t.sha256.len() != 64
-                || !t
-                    .sha256
-                    .bytes()
-                    .all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
-            {
-                return bad(format!(
-                    "auth.tokens {:?}: sha256 must be 64 lower-case hex digits (the SHA-256 of the token, see `ingest hash-token`)",
-                    t.name
-                ));
-            }
-            if !hashes.insert(&t.sha256) {
-                return bad(format!(
-                    "auth.tokens {:?}: the same token is configured twice",
-                    t.name
-                ));
-            }
-            for (entity, view) in &t.grants {
-                if !view_exists(entity, view) {
-                    return bad(format!(
-                        "auth.tokens {:?} grants view {view:?} of entity {entity:?}, which is not configured",
-                        t.name
-                    ));
-                }
-            }
-        }
-        Ok(())
+        validate::check(self)
     }
 
     /// Open mode: no tokens configured, everything is served to anyone.
@@ -613,12 +501,6 @@ impl Config {
     pub fn entity(&self, name: &EntityName) -> Option<&EntityConfig> {
         self.entities.get(name.as_str())
     }
-}
-
-/// An id prefix must itself start like an id and use only id characters
-/// (it may end in a separator such as `.`).
-fn check_id_prefix(prefix: &str) -> Result<(), IdError> {
-    crate::id::EntityId::parse(&format!("{prefix}x")).map(|_| ())
 }
 
 #[cfg(test)]

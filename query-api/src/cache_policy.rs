@@ -39,6 +39,20 @@ pub fn private(c: &CacheControlConfig) -> CacheControlConfig {
     c
 }
 
+/// `Cache-Control` of a 404 for an entity configured with `c`: the
+/// entity's audience (`public`, `private` or `no-store`, as [`private`] has
+/// already applied for a token holder) with the negative-cache lifetime
+/// `max_age`, and no stale directives (a 404 is not worth serving stale).
+pub fn not_found(c: &CacheControlConfig, max_age: u64) -> HeaderValue {
+    cache_control(&CacheControlConfig {
+        visibility: c.visibility,
+        max_age_secs: max_age,
+        s_maxage_secs: None,
+        stale_while_revalidate_secs: None,
+        stale_if_error_secs: None,
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -65,5 +79,13 @@ mod tests {
             "private, max-age=60, stale-while-revalidate=30, stale-if-error=86400"
         );
         assert_eq!(cache_control(&cfg(Visibility::NoStore)), "no-store");
+    }
+
+    #[test]
+    fn a_404_keeps_the_audience_and_only_its_own_lifetime() {
+        let public = cfg(Visibility::Public);
+        assert_eq!(not_found(&public, 5), "public, max-age=5");
+        assert_eq!(not_found(&private(&public), 5), "private, max-age=5");
+        assert_eq!(not_found(&cfg(Visibility::NoStore), 5), "no-store");
     }
 }

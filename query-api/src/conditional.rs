@@ -15,6 +15,12 @@
 //! then are the preconditions evaluated, against that tag, and a match turns
 //! the response into a 304 carrying the same tag, `Cache-Control`, `Vary`,
 //! `Last-Modified` and `Date`.
+//!
+//! Dates: `Last-Modified` is never later than the response's own time (a
+//! record stamped in the future is served as modified now), and a
+//! representation without a date that only moves forward (a batch) has no
+//! `Last-Modified`, so `If-Modified-Since` can never produce a 304 for
+//! bytes that changed.
 
 use crate::error::ApiError;
 use axum::body::HttpBody as _;
@@ -49,20 +55,25 @@ pub struct Validators {
     pub etag: String,
     /// `"<etag>"`, the identity representation's `ETag` header.
     pub etag_header: HeaderValue,
-    /// `Last-Modified`.
-    pub last_modified: SystemTime,
+    /// `Last-Modified`; `None` for a representation without a modification
+    /// date that can only move forward (a batch: deleting its newest member
+    /// would move it back), whose date preconditions are then ignored
+    /// (RFC 9110 §13.1.3, §13.1.4).
+    pub last_modified: Option<SystemTime>,
     /// `Last-Modified` as an HTTP date.
-    pub last_modified_header: HeaderValue,
+    pub last_modified_header: Option<HeaderValue>,
 }
 
 impl Validators {
     /// From a stored validator (base64url, so always a valid header) and a
     /// time.
-    pub fn new(etag: String, last_modified: SystemTime) -> Self {
+    pub fn new(etag: String, last_modified: Option<SystemTime>) -> Self {
         let etag_header = HeaderValue::from_str(&format!("\"{etag}\""))
             .unwrap_or(HeaderValue::from_static("\"\""));
-        let last_modified_header = HeaderValue::from_str(&httpdate::fmt_http_date(last_modified))
-            .unwrap_or(HeaderValue::from_static("Thu, 01 Jan 1970 00:00:00 GMT"));
+        let last_modified_header = last_modified.map(|t| {
+            HeaderValue::from_str(&httpdate::fmt_http_date(t))
+                .unwrap_or(HeaderValue::from_static("Thu, 01 Jan 1970 00:00:00 GMT"))
+        });
         Self {
             etag,
             etag_header,
@@ -70,11 +81,23 @@ impl Validators {
             last_modified_header,
         }
     }
+
+    /// The validators to send at `now`: a `Last-Modified` in the future (a
+    /// producer's clock ahead of ours) becomes `now`, as RFC 9110 §8.8.2.1
+    /// requires; an If-Modified-Since then never matches a date that has
+    /// not happened yet.
+    pub fn not_after(self, now: SystemTime) -> Self {
+        match self.last_modified {
+            Some(t) if t > now => Self::new(self.etag, Some(now)),
+            _ => self,
+        }
+    }
 }
 
 /// Evaluates the preconditions of a GET or HEAD against the current
-/// representation's validators.
-pub fn evaluate(headers: &HeaderMap, etag: &ETag, last_modified: SystemTime) -> Outcome {
+/// representation's validators. Dates compare at the second granularity of
+/// HTTP dates; without a `last_modified`, date preconditions are ignored.
+pub fn evaluate(headers: &HeaderMap, etag: &ETag, last_modified: Option<SystemTime>) -> Outcome {
     // Step 1 and 2: If-Match, else If-Unmodified-Since.
     if headers.contains_key(IF_MATCH) {
         if let Some(im) = typed::<IfMatch>(headers)
@@ -83,7 +106,8 @@ pub fn evaluate(headers: &HeaderMap, etag: &ETag, last_modified: SystemTime) -> 
             return Outcome::PreconditionFailed;
         }
     } else if let Some(ius) = typed::<IfUnmodifiedSince>(headers)
-        && !ius.precondition_passes(last_modified)
+        && let Some(t) = last_modified
+        && !ius.precondition_passes(t)
     {
         return Outcome::PreconditionFailed;
     }
@@ -95,7 +119,8 @@ pub fn evaluate(headers: &HeaderMap, etag: &ETag, last_modified: SystemTime) -> 
             return Outcome::NotModified;
         }
     } else if let Some(ims) = typed::<IfModifiedSince>(headers)
-        && !ims.is_modified(last_modified)
+        && let Some(t) = last_modified
+        && !ims.is_modified(t)
     {
         return Outcome::NotModified;
     }

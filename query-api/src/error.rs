@@ -10,7 +10,9 @@ use serde::Serialize;
 /// An error the API answers with.
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
-    /// The entity type in the path is not valid or not configured.
+    /// The entity type in the path is not valid or not configured: 404 for
+    /// every caller (entity type names are no secret: the anonymous view
+    /// already tells 401 from 404), never cached.
     #[error("unknown entity type")]
     UnknownEntity(String),
     /// The id in the path is not a valid id.
@@ -19,11 +21,15 @@ pub enum ApiError {
     /// The request itself is malformed (path encoding and the like).
     #[error("bad request: {0}")]
     BadRequest(String),
-    /// No such entity; `max_age` is the negative-cache lifetime.
+    /// No such entity. Cached like the entity's 200 would be for this
+    /// caller (see [`crate::cache_policy::not_found`]), so a token holder's
+    /// 404 is never stored by a shared cache for others.
     #[error("not found")]
     NotFound {
-        /// Seconds a cache may keep the 404.
-        max_age: u64,
+        /// `Cache-Control` of the 404.
+        cache_control: HeaderValue,
+        /// `Vary`, the same as the entity's 200.
+        vary: HeaderValue,
     },
     /// `If-Match` / `If-Unmodified-Since` failed.
     #[error("precondition failed")]
@@ -83,7 +89,7 @@ impl ApiError {
     fn parts(&self) -> (StatusCode, &'static str, &'static str) {
         match self {
             ApiError::UnknownEntity(_) => (
-                StatusCode::BAD_REQUEST,
+                StatusCode::NOT_FOUND,
                 "unknown-entity",
                 "Unknown entity type",
             ),
@@ -178,12 +184,20 @@ impl IntoResponse for ApiError {
             header::CONTENT_TYPE,
             HeaderValue::from_static("application/problem+json"),
         );
-        let cache = match &self {
-            ApiError::NotFound { max_age } => format!("public, max-age={max_age}"),
-            _ => "no-store".to_owned(),
-        };
-        if let Ok(v) = HeaderValue::from_str(&cache) {
-            h.insert(header::CACHE_CONTROL, v);
+        // Errors are never stored, so no cache hands one caller's error to
+        // another; the one exception, a missing entity, carries the caching
+        // headers of the entity's 200 for the same caller.
+        match &self {
+            ApiError::NotFound {
+                cache_control,
+                vary,
+            } => {
+                h.insert(header::CACHE_CONTROL, cache_control.clone());
+                h.insert(header::VARY, vary.clone());
+            }
+            _ => {
+                h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+            }
         }
         if matches!(self, ApiError::MethodNotAllowed) {
             h.insert(header::ALLOW, HeaderValue::from_static("GET, HEAD"));

@@ -44,8 +44,11 @@ pub struct EntityPolicy {
     /// `Cache-Control` of 200/304 to token holders: the same directives,
     /// but `private`.
     pub private_cache_control: HeaderValue,
-    /// Negative-cache lifetime of a 404.
-    pub not_found_max_age: u64,
+    /// `Cache-Control` of a 404 to anonymous callers.
+    pub not_found_cache_control: HeaderValue,
+    /// `Cache-Control` of a 404 to token holders (`private`, like their
+    /// 200s).
+    pub private_not_found_cache_control: HeaderValue,
     /// Freshness bound in ms (`None`: unbounded).
     pub max_staleness_ms: Option<i64>,
 }
@@ -86,14 +89,20 @@ impl AppState {
             .entities
             .iter()
             .map(|(name, e)| {
+                let private = cache_policy::private(&e.cache_control);
                 (
                     name.clone(),
                     EntityPolicy {
                         cache_control: cache_policy::cache_control(&e.cache_control),
-                        private_cache_control: cache_policy::cache_control(&cache_policy::private(
+                        private_cache_control: cache_policy::cache_control(&private),
+                        not_found_cache_control: cache_policy::not_found(
                             &e.cache_control,
-                        )),
-                        not_found_max_age: e.not_found_max_age_secs,
+                            e.not_found_max_age_secs,
+                        ),
+                        private_not_found_cache_control: cache_policy::not_found(
+                            &private,
+                            e.not_found_max_age_secs,
+                        ),
                         max_staleness_ms: (e.freshness_secs > 0)
                             .then(|| e.freshness_secs.saturating_mul(1000) as i64),
                     },

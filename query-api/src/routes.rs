@@ -17,7 +17,7 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use foldcache_common::id::{EntityId, EntityName};
 use foldcache_common::state::etag_of;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::SystemTime;
 
 /// `GET /v1/{entity}/{id}` (HEAD is served by the same handler; axum drops
 /// the body).
@@ -37,11 +37,7 @@ pub async fn get_entity(
         .map_err(|e| unavailable(&app, &name, &e))?;
     let entity = match lookup {
         Lookup::Found(e) => e,
-        Lookup::NotFound => {
-            return Err(ApiError::NotFound {
-                max_age: policy.not_found_max_age,
-            });
-        }
+        Lookup::NotFound => return Err(not_found(&app, policy, &caller)),
         Lookup::NotReady => {
             return Err(ApiError::NotReady {
                 retry_after: app.retry_after,
@@ -61,8 +57,10 @@ pub async fn get_entity(
 
 /// `GET /v1/{entity}?id=a&id=b`: several entities in one response, a JSON
 /// object from id to state (`null` for an id the log does not have), ids in
-/// sorted order. Its validator is the SHA-256 of that body; its
-/// `Last-Modified` the newest member's.
+/// sorted order. Its validator is the SHA-256 of that body. It has no
+/// `Last-Modified`: the newest member's date moves backwards when that
+/// member is deleted, and an `If-Modified-Since` would then answer 304 for
+/// a body that changed.
 pub async fn get_batch(
     State(app): State<AppState>,
     Authenticated(caller): Authenticated,
@@ -107,7 +105,7 @@ pub async fn get_batch(
             });
         }
     };
-    let (body, newest) = batch_body(&ids, &found);
+    let body = batch_body(&ids, &found);
     let etag = etag_of(&body);
     let tags = app.surrogate_keys(&name, &ids);
     Ok(representation(
@@ -115,14 +113,13 @@ pub async fn get_batch(
         policy,
         &caller,
         body.into(),
-        Validators::new(etag, modified(newest)),
+        Validators::new(etag, None),
         tags,
     ))
 }
 
-fn batch_body(ids: &[EntityId], found: &[Option<Entity>]) -> (Vec<u8>, i64) {
+fn batch_body(ids: &[EntityId], found: &[Option<Entity>]) -> Vec<u8> {
     let mut body = Vec::with_capacity(found.iter().flatten().map(|e| e.body.len() + 16).sum());
-    let mut newest = 0;
     body.push(b'{');
     for (i, (id, e)) in ids.iter().zip(found).enumerate() {
         if i > 0 {
@@ -132,15 +129,44 @@ fn batch_body(ids: &[EntityId], found: &[Option<Entity>]) -> (Vec<u8>, i64) {
         body.extend_from_slice(id.as_str().as_bytes()); // ids need no escaping
         body.extend_from_slice(b"\":");
         match e {
-            Some(e) => {
-                body.extend_from_slice(&e.body);
-                newest = newest.max(e.modified_ms);
-            }
+            Some(e) => body.extend_from_slice(&e.body),
             None => body.extend_from_slice(b"null"),
         }
     }
     body.push(b'}');
-    (body, newest)
+    body
+}
+
+/// Whether this caller's responses are kept out of shared caches: a token
+/// holder's, unless the operator opted in to shared caches keyed on
+/// `Authorization`.
+fn private_audience(app: &AppState, caller: &Caller) -> bool {
+    caller.authenticated && !app.auth.shared_cache
+}
+
+/// `Vary` of every response about an entity (200, 304, 404): once tokens
+/// are configured the answer depends on `Authorization`.
+fn vary(app: &AppState) -> HeaderValue {
+    HeaderValue::from_static(if app.auth.enabled {
+        "Accept-Encoding, Authorization"
+    } else {
+        "Accept-Encoding"
+    })
+}
+
+/// The 404 for a missing entity, cached like the entity's 200 for the same
+/// caller: a token holder's is `private`, so no shared cache hands it to
+/// someone who would get a 401 or 403.
+fn not_found(app: &AppState, policy: &EntityPolicy, caller: &Caller) -> ApiError {
+    let cache_control = if private_audience(app, caller) {
+        &policy.private_not_found_cache_control
+    } else {
+        &policy.not_found_cache_control
+    };
+    ApiError::NotFound {
+        cache_control: cache_control.clone(),
+        vary: vary(app),
+    }
 }
 
 /// A 200 with the body, its validators and caching headers: the entity's
@@ -160,24 +186,17 @@ fn representation(
         header::CONTENT_TYPE,
         HeaderValue::from_static("application/json"),
     );
-    let cache_control = if caller.authenticated && !app.auth.shared_cache {
+    let cache_control = if private_audience(app, caller) {
         &policy.private_cache_control
     } else {
         &policy.cache_control
     };
     headers.insert(header::CACHE_CONTROL, cache_control.clone());
-    headers.insert(
-        header::VARY,
-        HeaderValue::from_static(if app.auth.enabled {
-            "Accept-Encoding, Authorization"
-        } else {
-            "Accept-Encoding"
-        }),
-    );
-    headers.insert(
-        header::LAST_MODIFIED,
-        validators.last_modified_header.clone(),
-    );
+    headers.insert(header::VARY, vary(app));
+    let validators = validators.not_after(SystemTime::now());
+    if let Some(date) = &validators.last_modified_header {
+        headers.insert(header::LAST_MODIFIED, date.clone());
+    }
     if let Some((name, value)) = surrogate {
         headers.insert(name, value);
     }
@@ -203,10 +222,6 @@ fn unavailable(app: &AppState, entity: &EntityName, e: &redis::RedisError) -> Ap
     ApiError::Unavailable {
         retry_after: app.retry_after,
     }
-}
-
-fn modified(ms: i64) -> SystemTime {
-    UNIX_EPOCH + Duration::from_millis(ms.max(0) as u64)
 }
 
 /// Liveness: the process serves HTTP.

@@ -296,7 +296,7 @@ pub fn decode_hash(fields: &[(String, String)], view: &View) -> Option<Entity> {
         modified_ms,
         validators: Validators::new(
             view.etag(&etag?),
-            std::time::UNIX_EPOCH + Duration::from_millis(modified_ms.max(0) as u64),
+            Some(std::time::UNIX_EPOCH + Duration::from_millis(modified_ms.max(0) as u64)),
         ),
     })
 }
