@@ -47,6 +47,15 @@ pub type FetchViews = Arc<Mutex<BTreeMap<Tp, FetchView>>>;
 /// the freshness estimate more conservative.
 const HISTORY: usize = 64;
 
+/// A snapshot describes the log after the position last moved only if it
+/// was taken this much later (a fetch response can be that old when the
+/// statistics are emitted).
+const SETTLE_MS: i64 = 2_000;
+
+/// How long an end below the stored position must persist before the log
+/// counts as gone back in time.
+const CONFIRM_MS: i64 = 5_000;
+
 /// One partition's progress.
 #[derive(Debug, Clone, Default)]
 pub struct PartitionProgress {
@@ -56,13 +65,23 @@ pub struct PartitionProgress {
     history: VecDeque<(i64, i64)>,
     fresh_ms: Option<i64>,
     caught_up: bool,
+    /// When the position last moved (or the task started).
+    moved_at_ms: i64,
+    /// Since when settled snapshots report an end below the position.
+    behind_since_ms: Option<i64>,
 }
 
 impl PartitionProgress {
     /// A partition whose records below `start` are already folded.
     pub fn new(start: i64) -> Self {
+        Self::new_at(start, foldcache_common::runtime::now_ms())
+    }
+
+    /// Like [`PartitionProgress::new`], at time `now_ms`.
+    pub fn new_at(start: i64, now_ms: i64) -> Self {
         Self {
             position: start,
+            moved_at_ms: now_ms,
             ..Self::default()
         }
     }
@@ -74,6 +93,10 @@ impl PartitionProgress {
 
     /// Everything below `next` is folded.
     pub fn folded(&mut self, next: i64) {
+        if next > self.position {
+            self.moved_at_ms = foldcache_common::runtime::now_ms();
+            self.behind_since_ms = None;
+        }
         self.position = self.position.max(next);
         while let Some(&(at, hi)) = self.history.front() {
             if hi > self.position {
@@ -91,6 +114,12 @@ impl PartitionProgress {
             return;
         }
         self.view = Some(view);
+        let settled = view.at_ms >= self.moved_at_ms + SETTLE_MS;
+        self.behind_since_ms = if settled && view.hi < self.position {
+            Some(self.behind_since_ms.unwrap_or(view.at_ms))
+        } else {
+            None
+        };
         let at_end = self.position >= view.hi || (idle && view.app_offset >= view.hi);
         if at_end {
             self.caught_up = true;
@@ -124,11 +153,14 @@ impl PartitionProgress {
         self.view.map(|v| (v.hi - self.position).max(0))
     }
 
-    /// `Some(end)` when the broker reports an end below what Redis already
-    /// holds: the partition's log went back in time.
+    /// `Some(end)` when the broker has reported an end below what Redis
+    /// already holds, in snapshots taken well after the position last moved,
+    /// for a while: the partition's log went back in time. (A snapshot older
+    /// than the last fold naturally reports a smaller end.)
     pub fn source_went_back(&self) -> Option<i64> {
+        let since = self.behind_since_ms?;
         self.view
-            .filter(|v| v.hi >= 0 && v.hi < self.position)
+            .filter(|v| v.hi < self.position && v.at_ms - since >= CONFIRM_MS)
             .map(|v| v.hi)
     }
 }
@@ -246,14 +278,35 @@ mod tests {
     }
 
     #[test]
-    fn an_end_below_the_stored_position_is_a_log_gone_back() {
-        let mut p = PartitionProgress::new(500);
+    fn an_end_below_the_stored_position_for_a_while_is_a_log_gone_back() {
+        let mut p = PartitionProgress::new_at(500, 0);
         assert_eq!(p.source_went_back(), None);
         p.observe(view(12, -1001, 1_000), false);
+        assert_eq!(
+            p.source_went_back(),
+            None,
+            "not settled: taken right after start"
+        );
+        p.observe(view(12, 12, 3_000), true);
+        assert_eq!(p.source_went_back(), None, "not for long enough yet");
+        p.observe(view(12, 12, 8_000), true);
         assert_eq!(p.source_went_back(), Some(12));
-        let mut q = PartitionProgress::new(500);
-        q.observe(view(500, 500, 1_000), true);
+        let mut q = PartitionProgress::new_at(500, 0);
+        q.observe(view(500, 500, 9_000), true);
         assert_eq!(q.source_went_back(), None);
+    }
+
+    #[test]
+    fn a_snapshot_older_than_the_last_fold_is_no_log_gone_back() {
+        let mut p = PartitionProgress::new_at(0, 0);
+        p.folded(10);
+        // Snapshots keep reporting the end seen before the fold for a
+        // moment; the position moved at wall-clock time, much later than
+        // these snapshot times.
+        for at in [3_000, 9_000, 20_000] {
+            p.observe(view(5, 5, at), false);
+        }
+        assert_eq!(p.source_went_back(), None);
     }
 
     #[test]

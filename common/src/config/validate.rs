@@ -111,6 +111,9 @@ pub(super) fn check(c: &Config) -> Result<(), ConfigError> {
 }
 
 /// One line: the key, its value, why it is refused.
+/// Smallest `kafka.dead_letter_max_bytes`: an envelope must fit.
+const MIN_DEAD_LETTER_BYTES: usize = 16 * 1024;
+
 fn reject(key: impl Display, value: impl Display, why: impl Display) -> ConfigError {
     ConfigError::Invalid(format!("{key} = {value}: {why}"))
 }
@@ -178,6 +181,30 @@ fn kafka(c: &Config) -> Result<(), ConfigError> {
         ));
     }
     check_topic("kafka.dead_letter_topic", &k.dead_letter_topic)?;
+    if k.dead_letter_partitions < 1 {
+        return Err(reject(
+            "kafka.dead_letter_partitions",
+            k.dead_letter_partitions,
+            "a topic needs at least one partition",
+        ));
+    }
+    if k.dead_letter_replication_factor == 0 || k.dead_letter_replication_factor < -1 {
+        return Err(reject(
+            "kafka.dead_letter_replication_factor",
+            k.dead_letter_replication_factor,
+            "must be -1 (the broker's default) or at least 1",
+        ));
+    }
+    if k.dead_letter_max_bytes < MIN_DEAD_LETTER_BYTES {
+        return Err(reject(
+            "kafka.dead_letter_max_bytes",
+            k.dead_letter_max_bytes,
+            format!(
+                "must be at least {MIN_DEAD_LETTER_BYTES}: an envelope (origin, sizes, hashes and \
+                 the first bytes of key and value) must fit"
+            ),
+        ));
+    }
     for name in k.client.keys() {
         if let Some((_, why)) = OWNED_KAFKA_PROPERTIES
             .iter()
@@ -227,6 +254,20 @@ fn ingest(c: &Config) -> Result<(), ConfigError> {
                 "must be between 1 and {MAX_VALUE_BYTES} (Redis's largest string): 0 would \
                  dead-letter every record"
             ),
+        ));
+    }
+    if i.drain_timeout_ms == 0 {
+        return Err(reject(
+            "ingest.drain_timeout_ms",
+            0,
+            "must be positive: on SIGTERM partitions need time to fold their last batch",
+        ));
+    }
+    if i.retry_max_backoff_ms < 50 {
+        return Err(reject(
+            "ingest.retry_max_backoff_ms",
+            i.retry_max_backoff_ms,
+            "must be at least 50: retries would hammer an unreachable Redis or broker",
         ));
     }
     if i.heartbeat_interval_ms == 0 {
@@ -787,6 +828,26 @@ mod tests {
             |c| c.ingest.batch_max_events = 0,
             "ingest.batch_max_events = 0",
             "at least one record",
+        );
+        assert_refused(
+            |c| c.ingest.drain_timeout_ms = 0,
+            "ingest.drain_timeout_ms = 0",
+            "positive",
+        );
+        assert_refused(
+            |c| c.kafka.dead_letter_max_bytes = 100,
+            "kafka.dead_letter_max_bytes = 100",
+            "envelope",
+        );
+        assert_refused(
+            |c| c.kafka.dead_letter_replication_factor = 0,
+            "kafka.dead_letter_replication_factor = 0",
+            "-1",
+        );
+        assert_refused(
+            |c| c.ingest.retry_max_backoff_ms = 0,
+            "ingest.retry_max_backoff_ms = 0",
+            "50",
         );
     }
 
