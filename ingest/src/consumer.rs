@@ -281,10 +281,31 @@ pub async fn run(
     }
     drop(pipeline);
     lock(&deps.all_statuses).remove(&generation);
-    // Closing a consumer can wait on the broker; never on a worker thread,
-    // never past the process's exit.
-    std::thread::spawn(move || drop(consumer));
+    close(consumer).await;
     Ok(exit)
+}
+
+/// Closes the consumer so that it leaves its group (its partitions go to
+/// the other instances at once, not after a session timeout), off the
+/// worker threads and for at most a few seconds: closing can wait on an
+/// unreachable broker.
+async fn close(consumer: Arc<KafkaConsumer>) {
+    // The poller thread lets go of its handle once it sees the stop.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(2);
+    while Arc::strong_count(&consumer) > 1 && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let (done, closed) = tokio::sync::oneshot::channel();
+    std::thread::spawn(move || {
+        drop(consumer);
+        let _ = done.send(());
+    });
+    if tokio::time::timeout(Duration::from_secs(5), closed)
+        .await
+        .is_err()
+    {
+        tracing::warn!("closing the Kafka consumer timed out");
+    }
 }
 
 fn create_consumer(
