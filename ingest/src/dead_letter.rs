@@ -226,13 +226,9 @@ impl DeadLetters {
     }
 }
 
-fn code(e: &KafkaError) -> Option<RDKafkaErrorCode> {
-    e.rdkafka_error_code()
-}
-
 fn too_big(e: &KafkaError) -> bool {
     matches!(
-        code(e),
+        e.rdkafka_error_code(),
         Some(
             RDKafkaErrorCode::MessageSizeTooLarge
                 | RDKafkaErrorCode::MessageBatchTooLarge
@@ -244,7 +240,7 @@ fn too_big(e: &KafkaError) -> bool {
 
 fn missing_topic(e: &KafkaError) -> bool {
     matches!(
-        code(e),
+        e.rdkafka_error_code(),
         Some(RDKafkaErrorCode::UnknownTopicOrPartition | RDKafkaErrorCode::UnknownTopic)
     )
 }

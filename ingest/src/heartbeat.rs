@@ -73,14 +73,14 @@ impl Heartbeat {
         con: &mut redis::aio::ConnectionManager,
     ) -> redis::RedisResult<Option<HeartbeatExit>> {
         let now = now_ms();
-        let positions: Vec<(Tp, i64)> = {
+        let (positions, fresh): (Vec<(Tp, i64)>, Option<i64>) = {
             let statuses = lock(&self.statuses);
-            statuses
+            let positions = statuses
                 .iter()
                 .map(|(tp, s)| (tp.clone(), s.position))
-                .collect()
+                .collect();
+            (positions, fresh_ms(statuses.values(), now))
         };
-        let fresh = fresh_ms(lock(&self.statuses).values(), now);
         let beat = InstanceBeat {
             alive_ms: now,
             fresh_ms: fresh,

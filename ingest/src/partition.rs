@@ -192,9 +192,7 @@ impl PartitionTask {
                 }
             }
         };
-        metrics::gauge!("foldcache_ingest_partition_stalled",
-            "topic" => self.tp.0.clone(), "partition" => self.tp.1.to_string())
-        .set(0.0);
+        self.stalled_gauge(false);
         exit
     }
 
@@ -337,9 +335,7 @@ impl PartitionTask {
         if self.stall.failed(reason) {
             tracing::warn!(topic = %self.tp.0, partition = self.tp.1, reason, error = %error,
                 "partition stalled: retrying with backoff");
-            metrics::gauge!("foldcache_ingest_partition_stalled",
-                "topic" => self.tp.0.clone(), "partition" => self.tp.1.to_string())
-            .set(1.0);
+            self.stalled_gauge(true);
             self.publish();
         }
         tokio::time::sleep(self.backoff.next_delay()).await;
@@ -349,10 +345,14 @@ impl PartitionTask {
         self.backoff.reset();
         if let Some(failures) = self.stall.recovered() {
             tracing::info!(topic = %self.tp.0, partition = self.tp.1, failures, "partition recovered");
-            metrics::gauge!("foldcache_ingest_partition_stalled",
-                "topic" => self.tp.0.clone(), "partition" => self.tp.1.to_string())
-            .set(0.0);
+            self.stalled_gauge(false);
         }
+    }
+
+    fn stalled_gauge(&self, stalled: bool) {
+        metrics::gauge!("foldcache_ingest_partition_stalled",
+            "topic" => self.tp.0.clone(), "partition" => self.tp.1.to_string())
+        .set(if stalled { 1.0 } else { 0.0 });
     }
 
     fn publish(&self) {
