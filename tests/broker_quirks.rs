@@ -1,15 +1,18 @@
-//! Pins the Tansu 0.6.0 behaviours foldcache works around, so that a broker
-//! upgrade that changes them is noticed.
+//! Pins the Tansu 0.6.0 behaviours foldcache works around or relies on, so
+//! that a broker upgrade that changes them is noticed: the in-memory
+//! engine's Fetch skipping the rest of a batch, and the SQLite engine's
+//! exact Fetch and durable log (the engine of the demo and the tests).
 
-use foldcache::Stack;
+use foldcache::{BrokerStorage, Stack};
 use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::message::Message;
 use rdkafka::producer::FutureRecord;
 use rdkafka::{Offset, TopicPartitionList};
 use std::time::Duration;
 
-/// Offsets of the records a fresh consumer gets when it starts at `start`.
-async fn read_from(stack: &Stack, topic: &str, start: i64) -> anyhow::Result<Vec<i64>> {
+/// `(offset, value)` of the records a fresh consumer gets when it starts at
+/// `start` on partition 0.
+async fn read_from(stack: &Stack, topic: &str, start: i64) -> anyhow::Result<Vec<(i64, String)>> {
     let consumer: StreamConsumer = rdkafka::ClientConfig::new()
         .set("bootstrap.servers", stack.broker.bootstrap())
         .set("group.id", foldcache::unique("quirk"))
@@ -17,38 +20,49 @@ async fn read_from(stack: &Stack, topic: &str, start: i64) -> anyhow::Result<Vec
     let mut tpl = TopicPartitionList::new();
     tpl.add_partition_offset(topic, 0, Offset::Offset(start))?;
     consumer.assign(&tpl)?;
-    let mut offsets = Vec::new();
-    while let Ok(m) = tokio::time::timeout(Duration::from_secs(2), consumer.recv()).await {
-        offsets.push(m?.offset());
+    let mut records = Vec::new();
+    while let Ok(m) = tokio::time::timeout(Duration::from_secs(3), consumer.recv()).await {
+        let m = m?;
+        let value = String::from_utf8_lossy(m.payload().unwrap_or_default()).into_owned();
+        records.push((m.offset(), value));
     }
-    Ok(offsets)
+    Ok(records)
 }
 
-/// Tansu's Fetch returns only batches whose base offset is at or after the
-/// requested offset: starting inside a batch skips the rest of that batch.
-/// This is why `ingest.resume` defaults to `replay`.
-#[tokio::test(flavor = "multi_thread")]
-async fn tansu_fetch_from_inside_a_batch_skips_the_rest_of_it() -> anyhow::Result<()> {
-    let stack = Stack::start(1, "").await?;
+fn offsets(records: &[(i64, String)]) -> Vec<i64> {
+    records.iter().map(|(o, _)| *o).collect()
+}
+
+/// One batch of 100 records (enqueued together, one linger window), then
+/// one more batch of one record.
+async fn two_batches(stack: &Stack, topic: &str) -> anyhow::Result<()> {
     let producer = stack.producer()?;
-    let topic = stack.topics.teams.clone();
-    // One batch of 100 records (enqueued together, one linger window)...
     let mut deliveries = Vec::new();
     for i in 0..100 {
         let v = format!("{{\"i\":{i}}}");
-        let r: FutureRecord<'_, str, str> = FutureRecord::to(&topic).key("k").payload(v.as_str());
+        let r: FutureRecord<'_, str, str> = FutureRecord::to(topic).key("k").payload(v.as_str());
         deliveries.push(producer.send_result(r).map_err(|(e, _)| e)?);
     }
     for d in deliveries {
         d.await?.map_err(|(e, _)| e)?;
     }
-    // ...then one more batch of one record.
     stack
-        .produce(&producer, &topic, Some(b"k"), Some(b"{}"))
+        .produce(&producer, topic, Some(b"k"), Some(b"{\"i\":100}"))
         .await?;
+    Ok(())
+}
+
+/// Tansu's in-memory engine returns only batches whose base offset is at or
+/// after the requested offset: starting inside a batch skips the rest of
+/// that batch. This is why `ingest.resume` defaults to `replay`.
+#[tokio::test(flavor = "multi_thread")]
+async fn tansu_memory_fetch_from_inside_a_batch_skips_the_rest_of_it() -> anyhow::Result<()> {
+    let stack = Stack::start_with(1, "", BrokerStorage::Memory).await?;
+    let topic = stack.topics.teams.clone();
+    two_batches(&stack, &topic).await?;
 
     assert_eq!(read_from(&stack, &topic, 0).await?.len(), 101);
-    let from_inside = read_from(&stack, &topic, 50).await?;
+    let from_inside = offsets(&read_from(&stack, &topic, 50).await?);
     // Records 50..99 never come (and 0.6.0 even repeats offset 100).
     assert!(
         !from_inside.iter().any(|o| (50..100).contains(o)),
@@ -56,5 +70,60 @@ async fn tansu_fetch_from_inside_a_batch_skips_the_rest_of_it() -> anyhow::Resul
          reconsider ingest.resume's default"
     );
     assert!(from_inside.iter().all(|o| *o == 100), "{from_inside:?}");
+    Ok(())
+}
+
+/// The SQLite engine answers a fetch from inside a batch exactly, as Kafka
+/// does: `resume = "seek"` is correct on it.
+#[tokio::test(flavor = "multi_thread")]
+async fn tansu_sqlite_fetch_from_inside_a_batch_is_exact() -> anyhow::Result<()> {
+    let stack = Stack::start_with(1, "", BrokerStorage::Sqlite).await?;
+    let topic = stack.topics.teams.clone();
+    two_batches(&stack, &topic).await?;
+    let from_inside = offsets(&read_from(&stack, &topic, 50).await?);
+    assert_eq!(from_inside, (50..=100).collect::<Vec<_>>());
+    Ok(())
+}
+
+/// The demo's and the tests' broker keeps its log across a graceful restart
+/// and a crash: same offsets, same values.
+#[tokio::test(flavor = "multi_thread")]
+async fn tansu_sqlite_keeps_the_log_across_restart_and_crash() -> anyhow::Result<()> {
+    let stack = Stack::start_with(1, "", BrokerStorage::Sqlite).await?;
+    let topic = stack.topics.teams.clone();
+    two_batches(&stack, &topic).await?;
+    let before = read_from(&stack, &topic, 0).await?;
+    assert_eq!(offsets(&before), (0..=100).collect::<Vec<_>>());
+
+    stack.broker.restart().await?;
+    assert_eq!(read_from(&stack, &topic, 0).await?, before, "after SIGTERM");
+
+    stack.broker.kill();
+    stack.broker.start_again().await?;
+    assert_eq!(read_from(&stack, &topic, 0).await?, before, "after SIGKILL");
+
+    // And it goes on appending after the records it kept.
+    let producer = stack.producer()?;
+    let (_, offset) = stack
+        .produce(&producer, &topic, Some(b"k"), Some(b"{}"))
+        .await?;
+    assert_eq!(offset, 101);
+    Ok(())
+}
+
+/// The in-memory engine loses the log on restart: why the demo and the
+/// tests do not use it.
+#[tokio::test(flavor = "multi_thread")]
+async fn tansu_memory_loses_the_log_on_restart() -> anyhow::Result<()> {
+    let stack = Stack::start_with(1, "", BrokerStorage::Memory).await?;
+    let topic = stack.topics.teams.clone();
+    two_batches(&stack, &topic).await?;
+    stack.broker.restart().await?;
+    let after = read_from(&stack, &topic, 0).await.unwrap_or_default();
+    assert!(
+        after.is_empty(),
+        "Tansu's memory engine kept {} records",
+        after.len()
+    );
     Ok(())
 }

@@ -140,7 +140,8 @@ pub async fn run(
                 .context("creating the dead-letter producer")?,
             config.kafka.dead_letter_topic.clone(),
             config.kafka.dead_letter_max_bytes,
-        ),
+        )
+        .recreating_with(config),
         purger: deps.purger.clone().filter(Purger::enabled),
         statuses: statuses.clone(),
         views,

@@ -129,6 +129,9 @@ pub struct DeadLetters {
     producer: FutureProducer,
     topic: String,
     max_bytes: usize,
+    /// Set when `kafka.dead_letter_create` allows ingest to create the topic
+    /// again if it disappears while ingest runs.
+    recreate: Option<std::sync::Arc<Config>>,
 }
 
 impl std::fmt::Debug for DeadLetters {
@@ -147,13 +150,42 @@ impl DeadLetters {
             producer,
             topic,
             max_bytes,
+            recreate: None,
         }
+    }
+
+    /// Lets [`DeadLetters::send`] create the topic again (as at start, with
+    /// [`ensure_topic`]) when the broker says it does not exist, if
+    /// `kafka.dead_letter_create` is set.
+    pub fn recreating_with(mut self, config: &Config) -> Self {
+        self.recreate = config
+            .kafka
+            .dead_letter_create
+            .then(|| std::sync::Arc::new(config.clone()));
+        self
     }
 
     /// Sends one letter and waits for the broker's acknowledgement. A letter
     /// too big for the topic (by the configured limit, or by the producer's
     /// or broker's answer) is sent as its envelope instead.
     pub async fn send(&self, l: &DeadLetter) -> Result<(), SendError> {
+        match self.send_once(l).await {
+            Err(SendError::NoTopic(topic)) => {
+                let Some(config) = &self.recreate else {
+                    return Err(SendError::NoTopic(topic));
+                };
+                tracing::warn!(%topic, "the dead-letter topic disappeared; creating it again");
+                if let Err(e) = ensure_topic(config).await {
+                    tracing::warn!(%topic, error = %format!("{e:#}"), "could not create the dead-letter topic");
+                    return Err(SendError::NoTopic(topic));
+                }
+                self.send_once(l).await
+            }
+            other => other,
+        }
+    }
+
+    async fn send_once(&self, l: &DeadLetter) -> Result<(), SendError> {
         let oversized = l.size() > self.max_bytes;
         let result = if oversized {
             self.produce(l, true).await
