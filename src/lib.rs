@@ -78,6 +78,8 @@ where
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
+
+/// The status of a plain GET, with a minimal HTTP/1.1 client (so the kit
 /// needs no HTTP library).
 pub async fn http_status(url: &str) -> Result<u16> {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -97,11 +99,10 @@ pub async fn http_status(url: &str) -> Result<u16> {
         .context("no HTTP status line")
 }
 
-/// A TLS terminator: accepts TLS on a free port with the given certificate
-/// and forwards the plain bytes to `127.0.0.1:upstream`. Stands in for a
-/// Writes a ready cache marker (`live_gen = 1`) and a fresh ingest
-/// heartbeat, as a running ingest would: the state query-api needs to
-/// serve what a test folds with ingest's code directly.
+/// Writes a ready cache marker (`live_gen = 1`, verified on this Redis
+/// process) and a fresh ingest heartbeat, as a running ingest would: the
+/// state query-api needs to serve what a test folds with ingest's code
+/// directly.
 pub async fn seed_ready_cache(
     con: &mut redis::aio::MultiplexedConnection,
     keys: &foldcache_common::keys::KeySpace,
@@ -113,10 +114,21 @@ pub async fn seed_ready_cache(
         fresh_ms: Some(now),
         interval_ms: 1000,
     };
+    let info: String = redis::cmd("INFO").arg("server").query_async(con).await?;
+    let run_id = info
+        .lines()
+        .find_map(|l| l.strip_prefix("run_id:"))
+        .map(str::trim)
+        .context("no run_id in INFO server")?;
     let () = redis::pipe()
         .hset_multiple(
             keys.state(),
-            &[("epoch", epoch), ("live_gen", "1"), ("ready", "1")],
+            &[
+                ("epoch", epoch),
+                ("live_gen", "1"),
+                ("ready", "1"),
+                (foldcache_common::keys::state_field::REDIS_RUN_ID, run_id),
+            ],
         )
         .hset(keys.instances(), "i1", beat.encode())
         .query_async(con)

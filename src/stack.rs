@@ -242,8 +242,6 @@ impl Drop for Stack {
     }
 }
 
-/// The status of a plain GET, with a minimal HTTP/1.1 client (so the kit
-
 impl Stack {
     /// A consumer of this stack's dead-letter topic, from its beginning.
     pub fn dead_letter_consumer(&self) -> Result<rdkafka::consumer::StreamConsumer> {

@@ -3,6 +3,8 @@
 use anyhow::Result;
 use std::path::Path;
 
+/// A TLS terminator: accepts TLS on a free port with the given certificate
+/// and forwards the plain bytes to `127.0.0.1:upstream`. Stands in for a
 /// broker's TLS listener where the broker has none (Tansu 0.6.0). Stops
 /// when dropped.
 #[derive(Debug)]

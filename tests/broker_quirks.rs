@@ -49,7 +49,12 @@ async fn two_batches(stack: &Stack, topic: &str, key: fn(i32) -> String) -> anyh
         d.await?.map_err(|(e, _)| e)?;
     }
     stack
-        .produce(&producer, topic, Some(key(100).as_bytes()), Some(b"{\"i\":100}"))
+        .produce(
+            &producer,
+            topic,
+            Some(key(100).as_bytes()),
+            Some(b"{\"i\":100}"),
+        )
         .await?;
     Ok(())
 }

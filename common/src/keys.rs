@@ -44,6 +44,9 @@ pub mod state_field {
     pub const BUILD_GEN: &str = "build_gen";
     /// When that build was requested (ms).
     pub const BUILD_STARTED_MS: &str = "build_started_ms";
+    /// The `run_id` of the Redis process the cache was last verified on:
+    /// readers are served only while it is the current process's.
+    pub const REDIS_RUN_ID: &str = "redis_run_id";
     /// Highest generation number ever handed out (never reused).
     pub const MAX_GEN: &str = "max_gen";
     /// The generation replaced by the last swap, until its keys are removed.

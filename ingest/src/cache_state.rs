@@ -18,12 +18,23 @@ return redis.call('HMGET', KEYS[1], 'epoch', 'live_gen', 'ready')
 ";
 
 const HEARTBEAT_LUA: &str = r"
--- KEYS[1] state, KEYS[2] instances; ARGV[1] epoch, ARGV[2] now in ms,
--- ARGV[3] instance id, ARGV[4] encoded InstanceBeat
-if redis.call('HGET', KEYS[1], 'epoch') ~= ARGV[1] then return -1 end
+-- KEYS[1] state, KEYS[2] instances, KEYS[3] offsets of the live generation
+-- ARGV[1] epoch, ARGV[2] now in ms, ARGV[3] instance id, ARGV[4] encoded
+-- InstanceBeat, ARGV[5] '1' if every partition of this instance is caught
+-- up, then (partition field, acknowledged position) pairs.
+if redis.call('HGET', KEYS[1], 'epoch') ~= ARGV[1] then return {-1} end
+for i = 6, #ARGV, 2 do
+  local stored = tonumber(redis.call('HGET', KEYS[3], ARGV[i]) or '0')
+  if stored < tonumber(ARGV[i + 1]) then return {-3, ARGV[i], stored} end
+end
+local run_id = string.match(redis.call('INFO', 'server'), 'run_id:(%x+)')
+if redis.call('HGET', KEYS[1], 'redis_run_id') ~= run_id then
+  if ARGV[5] ~= '1' then return {2} end
+  redis.call('HSET', KEYS[1], 'redis_run_id', run_id)
+end
 redis.call('HSET', KEYS[1], 'heartbeat_ms', ARGV[2])
 redis.call('HSET', KEYS[2], ARGV[3], ARGV[4])
-return 1
+return {1}
 ";
 
 const CAUGHT_UP_LUA: &str = r"
@@ -61,6 +72,43 @@ pub struct CacheState {
     pub live_gen: u64,
     /// Whether the live generation has caught up once.
     pub ready: bool,
+}
+
+/// What one instance reports in a heartbeat.
+#[derive(Debug)]
+pub struct BeatReport<'a> {
+    /// The epoch it folds into.
+    pub epoch: &'a str,
+    /// Its live generation.
+    pub generation: u64,
+    /// Its instance id.
+    pub instance: &'a str,
+    /// Liveness and freshness.
+    pub beat: InstanceBeat,
+    /// Whether every partition it owns is caught up.
+    pub caught_up: bool,
+    /// Positions it knows were acknowledged, per partition.
+    pub positions: &'a [((String, i32), i64)],
+}
+
+/// What a heartbeat found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Beat {
+    /// Beat recorded.
+    Ok,
+    /// The epoch is not ours any more.
+    EpochLost,
+    /// Redis holds `stored` for `partition`, below a position this instance
+    /// acknowledged: Redis went back in time.
+    WentBack {
+        /// `topic/partition`.
+        partition: String,
+        /// The offset Redis holds.
+        stored: i64,
+    },
+    /// A Redis process this cache was not verified on, and this instance
+    /// is not caught up yet: no beat, readers stay out.
+    Unverified,
 }
 
 /// Redis lost foldcache's data (the epoch is gone or different).
@@ -112,26 +160,39 @@ impl StateStore {
         })
     }
 
-    /// Refreshes this instance's heartbeat (liveness and freshness) if the
-    /// epoch is still ours.
+    /// Checks that Redis still holds every position this instance knows it
+    /// acknowledged, and that it is the Redis process this cache was last
+    /// verified on; then refreshes this instance's heartbeat. A different
+    /// Redis process (restarted, restored, failed over) is verified, and
+    /// readers let back in, only by an instance whose partitions are all
+    /// `caught_up` from what that Redis holds.
     pub async fn heartbeat<C: ConnectionLike + Send>(
         &self,
         con: &mut C,
-        epoch: &str,
-        instance: &str,
-        beat: InstanceBeat,
-    ) -> redis::RedisResult<Result<(), EpochLost>> {
-        let r: i64 = self
-            .heartbeat
-            .key(self.keys.state())
+        report: &BeatReport<'_>,
+    ) -> redis::RedisResult<Beat> {
+        let mut call = self.heartbeat.prepare_invoke();
+        call.key(self.keys.state())
             .key(self.keys.instances())
-            .arg(epoch)
-            .arg(beat.alive_ms)
-            .arg(instance)
-            .arg(beat.encode())
-            .invoke_async(con)
-            .await?;
-        Ok(if r < 0 { Err(EpochLost) } else { Ok(()) })
+            .key(self.keys.offsets(report.generation))
+            .arg(report.epoch)
+            .arg(report.beat.alive_ms)
+            .arg(report.instance)
+            .arg(report.beat.encode())
+            .arg(if report.caught_up { "1" } else { "0" });
+        for ((t, p), position) in report.positions {
+            call.arg(partition_field(t, *p)).arg(*position);
+        }
+        let r: (i64, Option<String>, Option<i64>) = call.invoke_async(con).await?;
+        Ok(match r {
+            (-1, ..) => Beat::EpochLost,
+            (-3, field, stored) => Beat::WentBack {
+                partition: field.unwrap_or_default(),
+                stored: stored.unwrap_or(0),
+            },
+            (2, ..) => Beat::Unverified,
+            _ => Beat::Ok,
+        })
     }
 
     /// Removes this instance's heartbeat (clean shutdown), and the beats of

@@ -166,6 +166,7 @@ pub async fn run(
         instance: deps.instance.clone(),
         statuses: statuses.clone(),
         every: Duration::from_millis(config.ingest.heartbeat_interval_ms),
+        unverified: Default::default(),
     };
     let (c, r) = (con.clone(), role_rx.clone());
     jobs.spawn(async move {

@@ -3,11 +3,12 @@
 //! it acknowledged (an idle partition writes nothing, so only this notices a
 //! Redis restored from an older snapshot while nothing changes).
 
-use crate::cache_state::{EpochLost, Role, StateStore};
+use crate::cache_state::{Beat, BeatReport, Role, StateStore};
 use crate::progress::{Statuses, Tp, fresh_ms, lock};
 use crate::retry::Stall;
-use foldcache_common::keys::InstanceBeat;
+use foldcache_common::keys::{InstanceBeat, partition_field};
 use foldcache_common::runtime::now_ms;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 use tokio::sync::watch;
 
@@ -35,6 +36,9 @@ pub struct Heartbeat {
     pub statuses: Statuses,
     /// Beat interval.
     pub every: Duration,
+    /// Whether the last beat found an unverified Redis (for logging the
+    /// change once).
+    pub unverified: AtomicBool,
 }
 
 impl Heartbeat {
@@ -73,41 +77,62 @@ impl Heartbeat {
         con: &mut redis::aio::ConnectionManager,
     ) -> redis::RedisResult<Option<HeartbeatExit>> {
         let now = now_ms();
-        let (positions, fresh): (Vec<(Tp, i64)>, Option<i64>) = {
+        let (positions, fresh, caught_up): (Vec<(Tp, i64)>, Option<i64>, bool) = {
             let statuses = lock(&self.statuses);
             let positions = statuses
                 .iter()
                 .map(|(tp, s)| (tp.clone(), s.position))
+                .filter(|(_, p)| *p > 0)
                 .collect();
-            (positions, fresh_ms(statuses.values(), now))
+            let caught_up = !statuses.is_empty() && statuses.values().all(|s| s.caught_up);
+            (positions, fresh_ms(statuses.values(), now), caught_up)
         };
         let beat = InstanceBeat {
             alive_ms: now,
             fresh_ms: fresh,
             interval_ms: self.every.as_millis() as i64,
         };
-        if let Err(EpochLost) = self
+        let found = self
             .state
-            .heartbeat(con, &self.epoch, &self.instance, beat)
-            .await?
-        {
-            return Ok(Some(HeartbeatExit::EpochLost));
-        }
-        // Positions were published after Redis acknowledged them, so Redis
-        // can only hold as much or more, unless it went back in time.
-        let known: Vec<(Tp, i64)> = positions.into_iter().filter(|(_, p)| *p > 0).collect();
-        let tps: Vec<Tp> = known.iter().map(|(tp, _)| tp.clone()).collect();
-        let stored = self
-            .state
-            .stored_offsets(con, self.generation, &tps)
+            .heartbeat(
+                con,
+                &BeatReport {
+                    epoch: &self.epoch,
+                    generation: self.generation,
+                    instance: &self.instance,
+                    beat,
+                    caught_up,
+                    positions: &positions,
+                },
+            )
             .await?;
-        for ((tp, position), stored) in known.iter().zip(stored) {
-            if stored.unwrap_or(0) < *position {
-                tracing::error!(topic = %tp.0, partition = tp.1, position, stored = stored.unwrap_or(0),
-                    generation = self.generation, "Redis went back in time: it holds an offset below one it acknowledged");
-                return Ok(Some(HeartbeatExit::RedisWentBack));
+        match found {
+            Beat::Ok => {
+                if self.unverified.swap(false, Ordering::Relaxed) {
+                    tracing::info!(
+                        "this Redis verified: every partition caught up from what it holds; readers are let in"
+                    );
+                }
+                Ok(None)
+            }
+            Beat::Unverified => {
+                if !self.unverified.swap(true, Ordering::Relaxed) {
+                    tracing::warn!(
+                        "Redis restarted or was replaced since the cache was verified; readers get 503 until this instance's partitions have caught up from what it holds"
+                    );
+                }
+                Ok(None)
+            }
+            Beat::EpochLost => Ok(Some(HeartbeatExit::EpochLost)),
+            Beat::WentBack { partition, stored } => {
+                let position = positions
+                    .iter()
+                    .find(|((t, p), _)| partition_field(t, *p) == partition)
+                    .map_or(0, |(_, p)| *p);
+                tracing::error!(%partition, position, stored, generation = self.generation,
+                    "Redis went back in time: it holds an offset below one it acknowledged");
+                Ok(Some(HeartbeatExit::RedisWentBack))
             }
         }
-        Ok(None)
     }
 }

@@ -104,17 +104,28 @@ impl Store {
 
     /// Re-reads the cache marker and the ingest instances' heartbeats.
     pub async fn refresh(&self) -> redis::RedisResult<CacheView> {
-        type Marker = (Option<String>, Option<u64>, Option<String>);
-        let ((epoch, gen_, ready), beats): (Marker, Vec<(String, String)>) = redis::pipe()
+        type Marker = (Option<String>, Option<u64>, Option<String>, Option<String>);
+        let ((epoch, gen_, ready, verified_on), beats, info): (
+            Marker,
+            Vec<(String, String)>,
+            String,
+        ) = redis::pipe()
             .cmd("HMGET")
             .arg(self.keys.state())
             .arg(state_field::EPOCH)
             .arg(state_field::LIVE_GEN)
             .arg(state_field::READY)
+            .arg(state_field::REDIS_RUN_ID)
             .cmd("HGETALL")
             .arg(self.keys.instances())
+            .cmd("INFO")
+            .arg("server")
             .query_async(&mut self.con.clone())
             .await?;
+        // A Redis process the cache was not verified on (restarted from a
+        // snapshot, failed over) may hold less than ingest acknowledged:
+        // not ready until ingest has caught up on it and says so.
+        let verified = verified_on.is_some() && verified_on.as_deref() == run_id(&info);
         let beats: Vec<InstanceBeat> = beats
             .iter()
             .filter_map(|(_, v)| InstanceBeat::decode(v))
@@ -122,7 +133,7 @@ impl Store {
         let view = CacheView {
             present: epoch.is_some(),
             live_gen: gen_.unwrap_or(0),
-            ready: epoch.is_some() && ready.as_deref() == Some("1"),
+            ready: epoch.is_some() && ready.as_deref() == Some("1") && verified,
             fresh_ms: InstanceBeat::pipeline_fresh_ms(&beats, now_ms()),
         };
         self.view_tx.send_if_modified(|v| {
@@ -141,6 +152,17 @@ impl Store {
         Ok(view)
     }
 
+    /// Unknown is not ready: after a failed read, nothing is served until
+    /// the next successful [`Store::refresh`] (the failure may have been
+    /// Redis going away, and the one that answers next may be another).
+    fn distrust(&self) {
+        self.view_tx.send_if_modified(|v| {
+            let changed = v.ready;
+            v.ready = false;
+            changed
+        });
+    }
+
     /// Polls the marker every `every` until the task is dropped.
     pub async fn poll_state(self, every: Duration) {
         let mut tick = tokio::time::interval(every);
@@ -149,12 +171,7 @@ impl Store {
             tick.tick().await;
             if let Err(e) = self.refresh().await {
                 tracing::warn!(error = %e, "reading the cache state failed");
-                // Unknown is not ready.
-                self.view_tx.send_if_modified(|v| {
-                    let changed = v.ready;
-                    v.ready = false;
-                    changed
-                });
+                self.distrust();
             }
         }
     }
@@ -193,7 +210,8 @@ impl Store {
         };
         let read = self
             .read(&key, &state, entity, max_staleness_ms, view)
-            .await;
+            .await
+            .inspect_err(|_| self.distrust());
         if let (Some(cache), Some(ticket)) = (&self.local, ticket) {
             match &read {
                 Ok(Lookup::Found(e)) => cache.complete(ticket, e.clone()),
@@ -257,7 +275,10 @@ impl Store {
             pipe.cmd("HGETALL")
                 .arg(self.keys.entity(state.live_gen, entity, id));
         }
-        let hashes: Vec<Vec<(String, String)>> = pipe.query_async(&mut self.con.clone()).await?;
+        let hashes: Vec<Vec<(String, String)>> = pipe
+            .query_async(&mut self.con.clone())
+            .await
+            .inspect_err(|_| self.distrust())?;
         if hashes.iter().any(Vec::is_empty) {
             let now = self.refresh().await?;
             if !now.ready || now.live_gen != state.live_gen || stale(&now, max_staleness_ms) {
@@ -266,6 +287,13 @@ impl Store {
         }
         Ok(Some(hashes.iter().map(|h| decode_hash(h, view)).collect()))
     }
+}
+
+/// The `run_id` line of `INFO server`.
+fn run_id(info: &str) -> Option<&str> {
+    info.lines()
+        .find_map(|l| l.strip_prefix("run_id:"))
+        .map(str::trim)
 }
 
 fn stale(view: &CacheView, max_staleness_ms: Option<i64>) -> bool {

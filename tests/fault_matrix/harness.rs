@@ -53,6 +53,7 @@ pub struct Run {
     stop: AtomicBool,
     pub seen: Seen,
     tasks: Mutex<Vec<tokio::task::JoinHandle<Result<()>>>>,
+    dead_letter_topic: Mutex<String>,
 }
 
 impl std::fmt::Debug for Run {
@@ -67,7 +68,16 @@ impl Run {
     /// and waits until they are served; then starts the writer and two
     /// readers.
     pub async fn start(instances: usize, ingest_env: &[(&str, &str)]) -> Result<Arc<Self>> {
-        let stack = Arc::new(Stack::start(3, "").await?);
+        Self::start_on(Stack::start(3, "").await?, instances, ingest_env).await
+    }
+
+    /// [`Run::start`] on a stack the caller prepared.
+    pub async fn start_on(
+        stack: Stack,
+        instances: usize,
+        ingest_env: &[(&str, &str)],
+    ) -> Result<Arc<Self>> {
+        let stack = Arc::new(stack);
         let ingest_env: Vec<(String, String)> = ingest_env
             .iter()
             .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
@@ -77,8 +87,9 @@ impl Run {
             ingests.push(Some(spawn_ingest(&stack, &ingest_env)?));
         }
         let api = stack.spawn_query_api()?;
+        let dead_letter_topic = Mutex::new(stack.topics.dead_letter.clone());
         let run = Arc::new(Self {
-            producer: stack.producer()?,
+            producer: writer_producer(&stack)?,
             stack,
             ingests: Mutex::new(ingests),
             ingest_env,
@@ -89,6 +100,7 @@ impl Run {
             judging: AtomicBool::new(true),
             stop: AtomicBool::new(false),
             seen: Seen::default(),
+            dead_letter_topic,
             tasks: Mutex::new(Vec::new()),
         });
         let stable: Vec<String> = (0..STABLE).map(|k| format!("S{k}")).collect();
@@ -116,10 +128,7 @@ impl Run {
         for key in keys {
             let delete = tombstones && key.starts_with('C') && rand::rng().random_bool(0.3);
             let state = (!delete).then(|| self.version());
-            let body = state.map(|v| {
-                json!({"id": key, "v": v, "name": format!("person {key}"), "pad": "x".repeat(200)})
-                    .to_string()
-            });
+            let body = state.map(|v| body(key, v));
             let mut rec: FutureRecord<'_, str, str> =
                 FutureRecord::to(&self.stack.topics.employees).key(key.as_str());
             if let Some(b) = &body {
@@ -129,14 +138,37 @@ impl Run {
             sent.push((key.clone(), state, delivery));
         }
         for (key, state, delivery) in sent {
-            delivery
-                .await
-                .context("delivery future dropped")?
-                .map_err(|(e, _)| e)
-                .with_context(|| format!("producing {key}"))?;
+            if let Err((e, _)) = delivery.await.context("delivery future dropped")? {
+                // A broker that just restarted may refuse a produce (Tansu
+                // 0.6.0 answers UNKNOWN once); an HR system sends again.
+                // The keys of one round are distinct and rounds follow each
+                // other, so the order per key holds.
+                eprintln!("writer: producing {key} failed ({e}); sending it again");
+                self.send_until_acknowledged(&key, state).await?;
+            }
             self.reference.lock().expect("reference").insert(key, state);
         }
         Ok(())
+    }
+
+    async fn send_until_acknowledged(&self, key: &str, state: Option<u64>) -> Result<()> {
+        let body = state.map(|v| body(key, v));
+        let deadline = Instant::now() + WAIT;
+        loop {
+            let mut rec: FutureRecord<'_, str, str> =
+                FutureRecord::to(&self.stack.topics.employees).key(key);
+            if let Some(b) = &body {
+                rec = rec.payload(b.as_str());
+            }
+            match self.producer.send(rec, Duration::from_secs(30)).await {
+                Ok(_) => return Ok(()),
+                Err((e, _)) if Instant::now() < deadline => {
+                    eprintln!("writer: producing {key} failed again ({e})");
+                    tokio::time::sleep(Duration::from_millis(250)).await;
+                }
+                Err((e, _)) => return Err(e).with_context(|| format!("producing {key}")),
+            }
+        }
     }
 
     async fn writer(self: Arc<Self>) -> Result<()> {
@@ -295,6 +327,16 @@ impl Run {
         Ok(restarted)
     }
 
+    /// The dead-letter topic ingest was configured with.
+    pub fn dead_letter_topic(&self) -> String {
+        self.dead_letter_topic.lock().expect("topic").clone()
+    }
+
+    /// Says ingest was configured with another dead-letter topic.
+    pub fn set_dead_letter_topic(&self, topic: &str) {
+        *self.dead_letter_topic.lock().expect("topic") = topic.to_owned();
+    }
+
     /// Forgets the reference (the log was deleted).
     pub fn forget_reference(&self) {
         self.reference.lock().expect("reference").clear();
@@ -331,6 +373,26 @@ impl Run {
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
     }
+}
+
+/// An employee's state at version `v`.
+fn body(key: &str, v: u64) -> String {
+    json!({"id": key, "v": v, "name": format!("person {key}"), "pad": "x".repeat(200)}).to_string()
+}
+
+/// The HR systems' producer. Not idempotent: Tansu 0.6.0's SQLite engine
+/// panics on a produce from an idempotent producer that outlived a broker
+/// restart (`idempotent_message_check`: "more or less than one row") and
+/// then answers nothing. One request in flight keeps the order per key
+/// through retries; a retried record is a harmless duplicate.
+pub fn writer_producer(stack: &Stack) -> Result<FutureProducer> {
+    Ok(rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", stack.broker.bootstrap())
+        .set("enable.idempotence", "false")
+        .set("acks", "all")
+        .set("max.in.flight.requests.per.connection", "1")
+        .set("linger.ms", "2")
+        .create()?)
 }
 
 fn spawn_ingest(stack: &Stack, env: &[(String, String)]) -> Result<Process> {
