@@ -22,19 +22,20 @@ const HEARTBEAT_LUA: &str = r"
 -- ARGV[1] epoch, ARGV[2] now in ms, ARGV[3] instance id, ARGV[4] encoded
 -- InstanceBeat, ARGV[5] '1' if every partition of this instance is caught
 -- up, then (partition field, acknowledged position) pairs.
-if redis.call('HGET', KEYS[1], 'epoch') ~= ARGV[1] then return {-1} end
+if redis.call('HGET', KEYS[1], 'epoch') ~= ARGV[1] then return {-1, false, false} end
 for i = 6, #ARGV, 2 do
   local stored = tonumber(redis.call('HGET', KEYS[3], ARGV[i]) or '0')
   if stored < tonumber(ARGV[i + 1]) then return {-3, ARGV[i], stored} end
 end
 local run_id = string.match(redis.call('INFO', 'server'), 'run_id:(%x+)')
 if redis.call('HGET', KEYS[1], 'redis_run_id') ~= run_id then
-  if ARGV[5] ~= '1' then return {2} end
+  if ARGV[5] ~= '1' then return {2, false, false} end
   redis.call('HSET', KEYS[1], 'redis_run_id', run_id)
 end
 redis.call('HSET', KEYS[1], 'heartbeat_ms', ARGV[2])
 redis.call('HSET', KEYS[2], ARGV[3], ARGV[4])
-return {1}
+-- Always three elements: the reply decodes into one tuple.
+return {1, false, false}
 ";
 
 const CAUGHT_UP_LUA: &str = r"
