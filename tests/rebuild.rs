@@ -329,7 +329,10 @@ async fn a_rebuild_interrupted_by_sigkill_resumes_and_readers_never_see_it_half_
     let _api = stack.spawn_query_api()?;
     let (stop, w) = start_writing(&stack).await?;
     let base = stack.base_url();
-    let r = tokio::spawn(reader(base.clone(), stop.clone(), false));
+    // One event per batch also slows the live generation, which then falls
+    // behind the writer beyond the freshness bound: honest 503s are allowed,
+    // a 404 or an older version than one already read is not.
+    let r = tokio::spawn(reader(base.clone(), stop.clone(), true));
     // A few thousand records to replay.
     tokio::time::sleep(Duration::from_secs(3)).await;
 
@@ -378,8 +381,10 @@ async fn a_rebuild_interrupted_by_sigkill_resumes_and_readers_never_see_it_half_
     stop.store(true, Ordering::Relaxed);
     let last = w.await??;
     let (reads, unavailable) = r.await??;
-    assert!(reads > 50, "the reader kept reading ({reads})");
-    assert_eq!(unavailable, 0);
+    assert!(
+        reads - unavailable > 50,
+        "the reader kept being served ({reads} reads, {unavailable} 503s)"
+    );
     assert_final(&stack, &last).await?;
     Ok(())
 }
