@@ -237,6 +237,10 @@ impl Run {
 
     /// Waits until every key in `keys` is served at its reference state.
     async fn wait_served(&self, keys: &[String]) -> Result<()> {
+        self.wait_served_within(keys, WAIT).await
+    }
+
+    async fn wait_served_within(&self, keys: &[String], within: Duration) -> Result<()> {
         let client = reqwest::Client::new();
         let base = self.stack.base_url();
         for key in keys {
@@ -247,7 +251,7 @@ impl Run {
                 .get(key)
                 .copied()
                 .flatten();
-            eventually(&format!("{key} to be served"), WAIT, || {
+            eventually(&format!("{key} to be served"), within, || {
                 let client = client.clone();
                 let url = format!("{base}/v1/employees/{key}");
                 async move { Ok(served(&client, &url).await?.filter(|got| *got == want)) }
@@ -284,9 +288,15 @@ impl Run {
 
     /// The recovery probe: writes `P0` and returns when it is served.
     pub async fn probe(&self) -> Result<()> {
+        self.probe_within(WAIT).await
+    }
+
+    /// [`Run::probe`] with its own time limit (a soak's log grows, and a
+    /// replay from offset zero with it).
+    pub async fn probe_within(&self, within: Duration) -> Result<()> {
         let key = vec!["P0".to_owned()];
         self.write_round(&key, false).await?;
-        self.wait_served(&key).await
+        self.wait_served_within(&key, within).await
     }
 
     /// SIGKILLs ingest instance `i`.

@@ -353,7 +353,7 @@ async fn soak() -> Result<()> {
                 "broker restarted"
             }
         };
-        run.probe().await?;
+        run.probe_within(Duration::from_secs(900)).await?;
         n += 1;
         eprintln!(
             "soak: fault {n} ({name}) recovered in {:.1} s; {} reads, {} false 404s, {} regressed",
