@@ -28,12 +28,15 @@
 //! - [`ttl_refresh`]: keeps live entities from expiring while ingest runs.
 //! - [`purge`]: the optional CDN purge hook.
 //! - [`rebuild`]: on-demand rebuilds into a new generation, and the swap.
-//! - [`admin`]: `/metrics`, `/healthz`, `/readyz`.
+//! - [`admin`]: `/metrics`, `/healthz`, `/readyz`, the admin actions.
+//! - [`cluster`]: the deployment as Redis shows it (marker, instances,
+//!   freshness), for the console and as gauges for alerts.
 //! - [`generate`], [`produce`], [`topics`], [`kafka`]: the demo data set and
 //!   tooling.
 
 pub mod admin;
 pub mod cache_state;
+pub mod cluster;
 pub mod consumer;
 pub mod dead_letter;
 pub mod decode;

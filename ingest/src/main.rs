@@ -5,7 +5,7 @@ use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 use foldcache_common::config::Config;
 use foldcache_ingest::generate::{GenOptions, Generator};
-use foldcache_ingest::{Ingest, admin, produce, rebuild_cli, topics};
+use foldcache_ingest::{Ingest, admin, cluster, produce, rebuild_cli, topics};
 use std::path::PathBuf;
 
 /// Folds compacted Kafka topics of HR entities into Redis.
@@ -159,7 +159,13 @@ async fn run(config: Config) -> anyhow::Result<()> {
         .with_context(|| format!("binding ingest.admin_listen {}", config.ingest.admin_listen))?;
     tracing::info!(addr = %listener.local_addr()?, "admin endpoints listening");
     let admins = admin::AdminTokens::new(&config);
-    let ingest = Ingest::new(config)?;
+    let ingest = Ingest::new(config.clone())?;
+    let latest = cluster::Latest::default();
+    let watcher = tokio::spawn(cluster::watch(
+        config.clone(),
+        ingest.redis().clone(),
+        latest.clone(),
+    ));
     let admin_task = tokio::spawn(admin::serve(
         listener,
         admin::AdminState {
@@ -175,6 +181,7 @@ async fn run(config: Config) -> anyhow::Result<()> {
         .run(foldcache_common::runtime::shutdown_signal())
         .await;
     admin_task.abort();
+    watcher.abort();
     tracing::info!("ingest stopped");
     result
 }
