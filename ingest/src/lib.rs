@@ -15,6 +15,8 @@
 //!   to a [`decode::Poison`] reason.
 //! - [`dead_letter`]: poison records (or an envelope, if too big) to the
 //!   dead-letter topic; the start-up check that the topic exists.
+//! - [`dead_letter_tools`], [`dead_letter_cli`]: reading the dead-letter
+//!   topic (never a value) and re-driving letters after the upstream fix.
 //! - [`fold`]: the atomic Redis script that writes a partition batch and its
 //!   offset together, fenced so that nothing ever regresses.
 //! - [`progress`]: per-partition position, caught-up, freshness and the
@@ -39,6 +41,8 @@ pub mod cache_state;
 pub mod cluster;
 pub mod consumer;
 pub mod dead_letter;
+pub mod dead_letter_cli;
+pub mod dead_letter_tools;
 pub mod decode;
 pub mod fold;
 pub mod generate;
