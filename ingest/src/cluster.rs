@@ -19,7 +19,7 @@ use foldcache_common::config::Config;
 use foldcache_common::keys::{InstanceBeat, KeySpace, state_field};
 use foldcache_common::runtime::now_ms;
 use redis::aio::ConnectionLike;
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -57,6 +57,9 @@ pub struct ClusterView {
     /// Every record produced before this time is folded (as query-api
     /// computes it).
     pub fresh_ms: Option<i64>,
+    /// The live generation's next offset per `{topic}/{partition}`, from
+    /// Redis (every instance's partitions).
+    pub offsets: BTreeMap<String, i64>,
 }
 
 impl ClusterView {
@@ -70,7 +73,14 @@ impl ClusterView {
             .hgetall(keys.instances())
             .query_async(con)
             .await?;
-        Ok(Self::from_parts(&state, &beats, now_ms()))
+        let mut view = Self::from_parts(&state, &beats, now_ms());
+        if view.epoch.is_some() {
+            view.offsets = redis::cmd("HGETALL")
+                .arg(keys.offsets(view.live_gen))
+                .query_async(con)
+                .await?;
+        }
+        Ok(view)
     }
 
     /// Builds the view from the raw hashes.
@@ -110,7 +120,65 @@ impl ClusterView {
                 .map(|g| (g.max(0) as u64, num(state_field::RETIRE_AT_MS).unwrap_or(0))),
             fresh_ms: InstanceBeat::pipeline_fresh_ms(&all, now),
             instances,
+            offsets: BTreeMap::new(),
         }
+    }
+
+    /// Records folded into the live generation (offsets summed).
+    pub fn folded(&self) -> i64 {
+        self.offsets.values().sum()
+    }
+
+    /// What changed from `prev` to `self`, in words (for the console's
+    /// recent events).
+    pub fn changes_since(&self, prev: &ClusterView) -> Vec<String> {
+        let mut out = Vec::new();
+        match (&prev.epoch, &self.epoch) {
+            (Some(a), Some(b)) if a != b => out.push(
+                "the cache went cold (new epoch): every topic is replayed from offset zero".into(),
+            ),
+            (Some(_), None) => out.push("Redis holds no foldcache cache (lost its data?)".into()),
+            _ => {}
+        }
+        if let Some((g, _)) = self.build
+            && prev.build.map(|(p, _)| p) != Some(g)
+        {
+            out.push(format!("rebuild of generation {g} started"));
+        }
+        if self.epoch == prev.epoch && self.live_gen != prev.live_gen {
+            out.push(format!(
+                "generation {} swapped in: readers switched from generation {}",
+                self.live_gen, prev.live_gen
+            ));
+        }
+        if let Some((g, _)) = prev.build
+            && self.build.is_none()
+            && self.live_gen != g
+        {
+            out.push(format!("rebuild of generation {g} abandoned"));
+        }
+        if let Some((g, _)) = prev.retired
+            && self.retired.is_none()
+            && self.epoch == prev.epoch
+        {
+            out.push(format!("retired generation {g} removed (clean-up done)"));
+        }
+        if self.ready != prev.ready {
+            out.push(if self.ready {
+                format!("cache ready: generation {} caught up", self.live_gen)
+            } else {
+                "cache not ready: lookups answer 503 until it catches up".into()
+            });
+        }
+        for i in &self.instances {
+            let before = prev.instances.iter().find(|p| p.id == i.id).map(|p| p.live);
+            if i.live && before != Some(true) {
+                out.push(format!("instance {} is beating", i.id));
+            } else if !i.live && before == Some(true) {
+                out.push(format!("instance {} stopped beating", i.id));
+            }
+        }
+        out
     }
 
     /// Seconds since the pipeline was last known fresh (`None`: unknown).
@@ -134,9 +202,53 @@ impl ClusterView {
     }
 }
 
-/// The latest [`ClusterView`], shared with the console (`None` until the
-/// first read, or while Redis does not answer).
-pub type Latest = Arc<Mutex<Option<ClusterView>>>;
+/// Recent events kept for the console.
+const EVENTS: usize = 30;
+
+/// The window the fold rate is measured over.
+const RATE_WINDOW_MS: i64 = 10_000;
+
+/// What the console shows of the deployment.
+#[derive(Debug, Clone, Default)]
+pub struct Snapshot {
+    /// The latest view (`None` until the first read, or while Redis does
+    /// not answer).
+    pub view: Option<ClusterView>,
+    /// Why the last read failed, if it did.
+    pub error: Option<String>,
+    /// Records folded per second into the live generation, over the last
+    /// ten seconds.
+    pub fold_rate: Option<f64>,
+    /// Recent changes, newest first: `(ms, what)`.
+    pub events: VecDeque<(i64, String)>,
+    samples: VecDeque<(i64, i64, u64)>,
+}
+
+impl Snapshot {
+    /// Takes a new view: events, fold rate.
+    pub fn update(&mut self, view: ClusterView) {
+        if let Some(prev) = &self.view {
+            for what in view.changes_since(prev) {
+                tracing::info!(event = %what, "deployment changed");
+                self.events.push_front((view.at_ms, what));
+            }
+            self.events.truncate(EVENTS);
+        }
+        let key = (view.at_ms, view.folded(), view.live_gen);
+        // Samples of another generation are not comparable.
+        self.samples
+            .retain(|s| s.2 == view.live_gen && key.0 - s.0 <= RATE_WINDOW_MS);
+        self.fold_rate = self.samples.front().and_then(|&(at, folded, _)| {
+            (key.0 > at).then(|| (key.1 - folded).max(0) as f64 * 1000.0 / (key.0 - at) as f64)
+        });
+        self.samples.push_back(key);
+        self.view = Some(view);
+        self.error = None;
+    }
+}
+
+/// The latest [`Snapshot`], shared with the console.
+pub type Latest = Arc<Mutex<Snapshot>>;
 
 /// Reads the deployment every second, publishes it in `latest` and as
 /// gauges; runs until the task is dropped.
@@ -158,13 +270,14 @@ pub async fn watch(config: Config, redis: redis::Client, latest: Latest) {
         match ClusterView::read(c, &keys).await {
             Ok(view) => {
                 view.export();
-                *crate::progress::lock(&latest) = Some(view);
+                crate::progress::lock(&latest).update(view);
             }
-            Err(_) => {
+            Err(e) => {
                 // Reconnect next time; the partition tasks report Redis
                 // trouble themselves.
                 con = None;
-                *crate::progress::lock(&latest) = None;
+                let mut l = crate::progress::lock(&latest);
+                l.error = Some(format!("Redis did not answer: {e}"));
             }
         }
     }
@@ -205,6 +318,52 @@ mod tests {
             [("a", false), ("b", true)]
         );
         assert_eq!(v.staleness_secs(), Some(2.0));
+    }
+
+    #[test]
+    fn changes_are_told_in_words_and_the_fold_rate_measured() {
+        let base = |live: &str, build: Option<&str>, retired: Option<&str>, ready: &str| {
+            let mut m: HashMap<String, String> =
+                [("epoch", "e1"), ("live_gen", live), ("ready", ready)]
+                    .into_iter()
+                    .map(|(k, v)| (k.to_owned(), v.to_owned()))
+                    .collect();
+            if let Some(b) = build {
+                m.insert("build_gen".into(), b.into());
+            }
+            if let Some(r) = retired {
+                m.insert("retired_gen".into(), r.into());
+            }
+            m
+        };
+        let mut snap = Snapshot::default();
+        let mut v = ClusterView::from_parts(&base("1", None, None, "1"), &[], 1_000);
+        v.offsets.insert("t/0".into(), 100);
+        snap.update(v);
+        let mut v = ClusterView::from_parts(&base("1", Some("2"), None, "1"), &[], 3_000);
+        v.offsets.insert("t/0".into(), 300);
+        snap.update(v);
+        assert_eq!(snap.fold_rate, Some(100.0));
+        snap.update(ClusterView::from_parts(
+            &base("2", None, Some("1"), "1"),
+            &[],
+            4_000,
+        ));
+        assert_eq!(snap.fold_rate, None, "a new generation starts its own rate");
+        snap.update(ClusterView::from_parts(
+            &base("2", None, None, "1"),
+            &[],
+            5_000,
+        ));
+        let events: Vec<&str> = snap.events.iter().rev().map(|(_, e)| e.as_str()).collect();
+        assert_eq!(
+            events,
+            [
+                "rebuild of generation 2 started",
+                "generation 2 swapped in: readers switched from generation 1",
+                "retired generation 1 removed (clean-up done)"
+            ]
+        );
     }
 
     #[test]

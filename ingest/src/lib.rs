@@ -31,6 +31,7 @@
 //! - [`purge`]: the optional CDN purge hook.
 //! - [`rebuild`]: on-demand rebuilds into a new generation, and the swap.
 //! - [`admin`]: `/metrics`, `/healthz`, `/readyz`, the admin actions.
+//! - [`console`]: the operator's web console on the admin port.
 //! - [`cluster`]: the deployment as Redis shows it (marker, instances,
 //!   freshness), for the console and as gauges for alerts.
 //! - [`generate`], [`produce`], [`topics`], [`kafka`]: the demo data set and
@@ -39,6 +40,7 @@
 pub mod admin;
 pub mod cache_state;
 pub mod cluster;
+pub mod console;
 pub mod consumer;
 pub mod dead_letter;
 pub mod dead_letter_cli;

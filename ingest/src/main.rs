@@ -7,7 +7,8 @@ use clap::{Parser, Subcommand};
 use foldcache_common::config::Config;
 use foldcache_ingest::generate::{GenOptions, Generator};
 use foldcache_ingest::{
-    Ingest, admin, cluster, dead_letter_cli, dead_letter_tools, produce, rebuild_cli, topics,
+    Ingest, admin, cluster, console, dead_letter_cli, dead_letter_tools, produce, rebuild_cli,
+    topics,
 };
 use std::path::PathBuf;
 
@@ -240,6 +241,16 @@ async fn run(config: Config) -> anyhow::Result<()> {
     let admins = admin::AdminTokens::new(&config);
     let ingest = Ingest::new(config.clone())?;
     let latest = cluster::Latest::default();
+    // The console's view of the dead-letter topic, on its own thread (a
+    // blocking consumer); it stops when the admin endpoints are gone.
+    let dead_letters = dead_letter_tools::Live::default();
+    {
+        let (config, live) = (config.clone(), dead_letters.clone());
+        std::thread::Builder::new()
+            .name("dead-letters".into())
+            .spawn(move || dead_letter_tools::follow(&config, &live))
+            .context("starting the dead-letter reader")?;
+    }
     let watcher = tokio::spawn(cluster::watch(
         config.clone(),
         ingest.redis().clone(),
@@ -254,6 +265,11 @@ async fn run(config: Config) -> anyhow::Result<()> {
             rebuilds: ingest.rebuilds().clone(),
             redis: ingest.redis().clone(),
             admins,
+            config: std::sync::Arc::new(config.clone()),
+            cluster: latest,
+            dead_letters: dead_letters.clone(),
+            sessions: console::Sessions::default(),
+            redrive_lock: std::sync::Arc::default(),
         },
     ));
     let result = ingest
