@@ -608,19 +608,20 @@ impl Redriver {
                 l.origin_topic
             )));
         };
-        let decoded = match decode_within(
+        // The key alone names the entity (a null value decodes as a delete
+        // of it): a superseded record is refused whatever its value.
+        if let Ok(d) = decode_within(&source, raw.key.as_deref(), None, self.limits)
+            && let Some(why) = self.superseded(&source, d.id(), l).await?
+        {
+            return Ok(Err(why));
+        }
+        if let Err(p) = decode_within(
             &source,
             raw.key.as_deref(),
             raw.value.as_deref(),
             self.limits,
         ) {
-            Ok(d) => d,
-            Err(p) => {
-                return Ok(Err(format!("would still fail: {} ({p})", p.code())));
-            }
-        };
-        if let Some(why) = self.superseded(&source, decoded.id(), l).await? {
-            return Ok(Err(why));
+            return Ok(Err(format!("would still fail: {} ({p})", p.code())));
         }
         let partition = (topic == l.origin_topic)
             .then_some(l.origin_partition)
