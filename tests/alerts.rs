@@ -253,7 +253,8 @@ burst = 1
     );
     let admin_port = free_port();
     let admin_listen = format!("127.0.0.1:{admin_port}");
-    let _ingest = stack.spawn_ingest_with(&[("FOLDCACHE__INGEST__ADMIN_LISTEN", &admin_listen)])?;
+    let mut ingest =
+        stack.spawn_ingest_with(&[("FOLDCACHE__INGEST__ADMIN_LISTEN", &admin_listen)])?;
     let _api = stack.spawn_query_api()?;
 
     // Prometheus, scraping both every second.
@@ -360,52 +361,39 @@ scrape_configs:
     })
     .await?;
     stack.wait_ready(WAIT).await?;
-
-    // Every panel query finds at least one series over the test's span.
+    // Prometheus has at least two samples of everything so far (rates need
+    // two) before the restart resets ingest's counters.
     let prom = format!("http://127.0.0.1:{prom_port}");
-    for (title, expr) in panel_queries(&dashboard()?) {
-        let names = metric_names(&expr);
-        if names.iter().all(|n| EVENT_ONLY.contains(&n.as_str())) {
-            continue;
-        }
-        eventually(&format!("a series for {title}: {expr}"), WAIT, || {
-            let (http, prom, expr) = (http.clone(), prom.clone(), expr.clone());
+    let names: BTreeSet<String> = panel_queries(&dashboard()?)
+        .iter()
+        .flat_map(|(_, q)| metric_names(q))
+        .filter(|n| {
+            !EVENT_ONLY.contains(&n.as_str()) && n != "foldcache_ingest_replay_skipped_total"
+        })
+        .collect();
+    for name in &names {
+        // A histogram's samples are its `_count`'s.
+        let query =
+            format!("count_over_time({name}[10m]) >= 2 or count_over_time({name}_count[10m]) >= 2");
+        eventually(&format!("two samples of {name}"), WAIT, || {
+            let (http, prom, query) = (http.clone(), prom.clone(), query.clone());
             async move {
-                let end = foldcache_common::runtime::now_ms() as f64 / 1000.0;
                 let r: Value = http
-                    .get(format!("{prom}/api/v1/query_range"))
-                    .query(&[
-                        ("query", expr.as_str()),
-                        ("start", &start.to_string()),
-                        ("end", &end.to_string()),
-                        ("step", "1"),
-                    ])
+                    .get(format!("{prom}/api/v1/query"))
+                    .query(&[("query", query.as_str())])
                     .send()
                     .await?
                     .json()
                     .await?;
-                ensure!(r["status"] == "success", "{r}");
-                let found = r["data"]["result"].as_array().is_some_and(|a| {
-                    a.iter()
-                        .any(|s| s["values"].as_array().is_some_and(|v| !v.is_empty()))
-                });
-                Ok(found.then_some(()))
+                Ok(r["data"]["result"]
+                    .as_array()
+                    .is_some_and(|a| !a.is_empty())
+                    .then_some(()))
             }
         })
         .await?;
     }
-    // The rules load in a real Prometheus too, and the poison record and
-    // the flush fired their alerts.
-    let rules_state: Value = http
-        .get(format!("{prom}/api/v1/rules"))
-        .send()
-        .await?
-        .json()
-        .await?;
-    let loaded = rules_state["data"]["groups"][0]["rules"]
-        .as_array()
-        .map_or(0, Vec::len);
-    assert_eq!(loaded, 9, "{rules_state}");
+    // The poison record and the flush fired their alerts.
     let employees = stack.topics.employees.clone();
     eventually("the dead-letter and went-back alerts", WAIT, || {
         let (http, prom, employees) = (http.clone(), prom.clone(), employees.clone());
@@ -433,6 +421,65 @@ scrape_configs:
         }
     })
     .await?;
+    // A restart: the new process replays each partition from its
+    // beginning and skips what Redis holds.
+    ensure!(ingest.terminate(WAIT), "ingest did not stop cleanly");
+    let _ingest = stack.spawn_ingest_with(&[("FOLDCACHE__INGEST__ADMIN_LISTEN", &admin_listen)])?;
+    stack.wait_ready(WAIT).await?;
+
+    // Every panel query finds at least one series over the test's span.
+    let mut missing: Vec<(String, String)> = panel_queries(&dashboard()?)
+        .into_iter()
+        .filter(|(_, expr)| {
+            !metric_names(expr)
+                .iter()
+                .all(|n| EVENT_ONLY.contains(&n.as_str()))
+        })
+        .collect();
+    let waiting = std::time::Instant::now();
+    while !missing.is_empty() {
+        let end = foldcache_common::runtime::now_ms() as f64 / 1000.0;
+        let mut still = Vec::new();
+        for (title, expr) in missing {
+            let r: Value = http
+                .get(format!("{prom}/api/v1/query_range"))
+                .query(&[
+                    ("query", expr.as_str()),
+                    ("start", &start.to_string()),
+                    ("end", &end.to_string()),
+                    ("step", "1"),
+                ])
+                .send()
+                .await?
+                .json()
+                .await?;
+            ensure!(r["status"] == "success", "{title}: {r}");
+            let found = r["data"]["result"].as_array().is_some_and(|a| {
+                a.iter()
+                    .any(|s| s["values"].as_array().is_some_and(|v| !v.is_empty()))
+            });
+            if !found {
+                still.push((title, expr));
+            }
+        }
+        missing = still;
+        ensure!(
+            missing.is_empty() || waiting.elapsed() < WAIT,
+            "no series for these panels: {missing:#?}"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    // The rules load in a real Prometheus too.
+    let rules_state: Value = http
+        .get(format!("{prom}/api/v1/rules"))
+        .send()
+        .await?
+        .json()
+        .await?;
+    let loaded = rules_state["data"]["groups"][0]["rules"]
+        .as_array()
+        .map_or(0, Vec::len);
+    assert_eq!(loaded, 9, "{rules_state}");
     purge_task.abort();
     Ok(())
 }
