@@ -359,7 +359,7 @@ pub fn rebuild(
             h,
             "<section aria-labelledby=\"h-start\">\n<h2 id=\"h-start\">Start a rebuild</h2>\n\
              <p>A rebuild replays every topic from offset zero into a new generation beside the live one; readers keep reading the live generation (no 503) and switch atomically once the new one has caught up. The old generation is removed after <code>ingest.rebuild_retire_grace_ms</code>.</p>\n\
-             <form method=\"post\" action=\"/console/rebuild\">{}<button type=\"submit\">Start a rebuild…</button></form>\n</section>\n",
+             <form method=\"post\" action=\"/console/rebuild\">{}<button type=\"submit\" id=\"start-rebuild\">Start a rebuild…</button></form>\n</section>\n",
             csrf.map(csrf_field).unwrap_or_default()
         );
     }
@@ -373,7 +373,7 @@ pub fn confirm_rebuild(live: u64, csrf: Option<&str>) -> String {
         "<p>Start a rebuild now? Every topic is replayed from offset zero into a new generation beside live generation {live}. \
          Readers are not affected until the swap.</p>\n\
          <form method=\"post\" action=\"/console/rebuild\" class=\"inline\">{}<input type=\"hidden\" name=\"confirm\" value=\"yes\">\
-         <button type=\"submit\" class=\"danger\">Yes, start the rebuild</button> <a href=\"/console/rebuild\">Cancel</a></form>\n",
+         <button type=\"submit\" id=\"confirm-rebuild\" class=\"danger\">Yes, start the rebuild</button> <a href=\"/console/rebuild\">Cancel</a></form>\n",
         csrf.map(csrf_field).unwrap_or_default()
     )
 }
@@ -449,7 +449,7 @@ pub fn dead_letters(dead: &Summary, topic: &str, csrf: Option<&str>) -> String {
              <p>After the upstream fix (or a config change such as a larger <code>ingest.max_value_bytes</code>), each selected record is produced again to its origin topic and partition. \
              Records that would still fail, envelopes, and records the cache has already superseded are refused. You see what would happen before anything is produced.</p>\n\
              <div class=\"inline\"><div><label for=\"to\">Topic (empty: each letter's origin)</label><input type=\"text\" id=\"to\" name=\"to\" autocomplete=\"off\"></div>\
-             <button type=\"submit\">Check the selected…</button></div>\n</section>\n",
+             <button type=\"submit\" id=\"check-redrive\">Check the selected…</button></div>\n</section>\n",
         );
     }
     h.push_str("</form>\n");
@@ -530,7 +530,7 @@ pub fn redrive_results(
         }
         let _ = write!(
             h,
-            "<button type=\"submit\" class=\"danger\">Re-drive {} dead letter{}</button> <a href=\"/console/dead-letters\">Cancel</a></form>\n",
+            "<button type=\"submit\" id=\"confirm-redrive\" class=\"danger\">Re-drive {} dead letter{}</button> <a href=\"/console/dead-letters\">Cancel</a></form>\n",
             ok.len(),
             if ok.len() == 1 { "" } else { "s" }
         );
@@ -659,7 +659,7 @@ pub fn login(next: &str, error: Option<&str>) -> String {
         "<p>Sign in with an admin token (an <code>[[auth.tokens]]</code> entry with <code>admin = true</code>, or <code>ingest.admin_token</code>).</p>\n\
          <form method=\"post\" action=\"/console/login\">\n<input type=\"hidden\" name=\"next\" value=\"{}\">\n\
          <div><label for=\"token\">Admin token</label><input type=\"password\" id=\"token\" name=\"token\" required autocomplete=\"current-password\"></div>\n\
-         <p><button type=\"submit\">Sign in</button></p>\n</form>\n",
+         <p><button type=\"submit\" id=\"sign-in\">Sign in</button></p>\n</form>\n",
         esc(next)
     );
     h
