@@ -110,9 +110,9 @@ impl Page<'_> {
             self.body
         );
         if self.live {
-            let _ = write!(
+            let _ = writeln!(
                 h,
-                "<footer><p id=\"updated\" data-live>Updated {}. <span class=\"hint\">This page updates by itself.</span></p></footer>\n",
+                "<footer><p id=\"updated\" data-live>Updated {}. <span class=\"hint\">This page updates by itself.</span></p></footer>",
                 esc(&crate::dead_letter_tools::format_utc_ms(
                     foldcache_common::runtime::now_ms()
                 ))
@@ -152,7 +152,7 @@ pub fn num(n: i64) -> String {
     let digits = n.unsigned_abs().to_string();
     let mut out = String::new();
     for (i, c) in digits.chars().enumerate() {
-        if i > 0 && (digits.len() - i) % 3 == 0 {
+        if i > 0 && (digits.len() - i).is_multiple_of(3) {
             out.push('\u{202f}');
         }
         out.push(c);

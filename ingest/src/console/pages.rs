@@ -78,9 +78,9 @@ pub fn overview(o: &Overview<'_>) -> String {
                 .unwrap_or_default()
         ),
     };
-    let _ = write!(
+    let _ = writeln!(
         h,
-        "<p id=\"summary\" class=\"summary\" role=\"status\" data-live>{summary}</p>\n"
+        "<p id=\"summary\" class=\"summary\" role=\"status\" data-live>{summary}</p>"
     );
 
     // Cache.
@@ -142,9 +142,9 @@ pub fn overview(o: &Overview<'_>) -> String {
                 Some(u) if u > 0.5 => "<span class=\"warn\">near the bound</span>",
                 Some(_) => "<span class=\"ok\">fresh</span>",
             };
-            let _ = write!(
+            let _ = writeln!(
                 h,
-                "<tr><th scope=\"row\">{}</th><td class=\"n\">{}</td><td class=\"n\">{}</td><td class=\"n\">{}</td><td>{state}</td></tr>\n",
+                "<tr><th scope=\"row\">{}</th><td class=\"n\">{}</td><td class=\"n\">{}</td><td class=\"n\">{}</td><td>{state}</td></tr>",
                 esc(entity),
                 secs(*bound as f64),
                 stale.map_or_else(|| "unknown".into(), |s| format!("{} ago", secs(s))),
@@ -162,9 +162,9 @@ pub fn overview(o: &Overview<'_>) -> String {
             h.push_str("<table><caption>Heartbeats in Redis: an instance is live while it beat within three intervals</caption>\n<thead><tr><th scope=\"col\">Instance</th><th scope=\"col\">Live</th><th scope=\"col\" class=\"n\">Last beat</th><th scope=\"col\" class=\"n\">Fresh as of</th><th scope=\"col\" class=\"n\">Interval</th></tr></thead><tbody>\n");
             for i in &v.instances {
                 let ago = |ms: i64| format!("{} ago", secs((v.at_ms - ms).max(0) as f64 / 1000.0));
-                let _ = write!(
+                let _ = writeln!(
                     h,
-                    "<tr><th scope=\"row\"><code>{}</code></th><td>{}</td><td class=\"n\">{}</td><td class=\"n\">{}</td><td class=\"n\">{}</td></tr>\n",
+                    "<tr><th scope=\"row\"><code>{}</code></th><td>{}</td><td class=\"n\">{}</td><td class=\"n\">{}</td><td class=\"n\">{}</td></tr>",
                     esc(&i.id),
                     if i.live {
                         "<span class=\"ok\">yes</span>"
@@ -195,9 +195,9 @@ pub fn overview(o: &Overview<'_>) -> String {
                 (None, true) => "<span class=\"ok\">folding</span>".into(),
                 (None, false) => "on another instance".into(),
             };
-            let _ = write!(
+            let _ = writeln!(
                 h,
-                "<tr><th scope=\"row\">{}/{}</th><td class=\"n\">{}</td><td class=\"n\">{}</td><td class=\"n\">{}</td><td class=\"n\">{}</td><td>{}</td><td>{state}</td></tr>\n",
+                "<tr><th scope=\"row\">{}/{}</th><td class=\"n\">{}</td><td class=\"n\">{}</td><td class=\"n\">{}</td><td class=\"n\">{}</td><td>{}</td><td>{state}</td></tr>",
                 esc(&p.topic),
                 p.partition,
                 p.generation,
@@ -226,10 +226,10 @@ pub fn overview(o: &Overview<'_>) -> String {
 fn dead_letter_counts(dead: &Summary, topic: &str) -> String {
     let mut h = String::new();
     if !dead.complete {
-        let _ = write!(h, "<p>Reading <code>{}</code>…</p>\n", esc(topic));
+        let _ = writeln!(h, "<p>Reading <code>{}</code>…</p>", esc(topic));
     }
     if dead.total == 0 {
-        let _ = write!(h, "<p>No dead letter on <code>{}</code>.</p>\n", esc(topic));
+        let _ = writeln!(h, "<p>No dead letter on <code>{}</code>.</p>", esc(topic));
         return h;
     }
     let _ = write!(
@@ -246,9 +246,9 @@ fn dead_letter_counts(dead: &Summary, topic: &str) -> String {
                 esc(&l.origin())
             )
         });
-        let _ = write!(
+        let _ = writeln!(
             h,
-            "<tr><th scope=\"row\">{}</th><td class=\"n\">{}</td><td>{}</td></tr>\n",
+            "<tr><th scope=\"row\">{}</th><td class=\"n\">{}</td><td>{}</td></tr>",
             esc(reason),
             r.count,
             latest
@@ -267,9 +267,9 @@ fn events(snapshot: &Snapshot) -> String {
     } else {
         h.push_str("<ol class=\"events\" reversed>\n");
         for (at, what) in &snapshot.events {
-            let _ = write!(
+            let _ = writeln!(
                 h,
-                "<li><time>{}</time>: {}</li>\n",
+                "<li><time>{}</time>: {}</li>",
                 esc(&format_utc_ms(*at)),
                 esc(what)
             );
@@ -289,16 +289,16 @@ pub fn rebuild(
 ) -> String {
     let mut h = String::new();
     if let Some(n) = notice {
-        let _ = write!(h, "<p class=\"notice\" role=\"status\">{}</p>\n", esc(n));
+        let _ = writeln!(h, "<p class=\"notice\" role=\"status\">{}</p>", esc(n));
     }
     h.push_str("<section aria-labelledby=\"h-progress\" id=\"progress\" data-live>\n<h2 id=\"h-progress\">Progress</h2>\n");
     match p {
         None => h.push_str("<p class=\"error\">Redis did not answer.</p>\n"),
         Some(p) => match p.generation {
             None => {
-                let _ = write!(
+                let _ = writeln!(
                     h,
-                    "<p id=\"rebuild-state\">No rebuild is running. Readers use generation {}.</p>\n",
+                    "<p id=\"rebuild-state\">No rebuild is running. Readers use generation {}.</p>",
                     p.live_generation
                 );
             }
@@ -322,9 +322,9 @@ pub fn rebuild(
                     p.target.max(p.done).max(1),
                     p.done.max(0),
                 );
-                let _ = write!(
+                let _ = writeln!(
                     h,
-                    "<dt>Rate</dt><dd>{}</dd><dt>Time left</dt><dd>{}</dd></dl>\n",
+                    "<dt>Rate</dt><dd>{}</dd><dt>Time left</dt><dd>{}</dd></dl>",
                     p.events_per_sec
                         .map_or_else(|| "measuring…".into(), |r| format!("{r:.0} offsets/s")),
                     p.eta_secs.map_or_else(|| "unknown".into(), secs),
@@ -333,9 +333,9 @@ pub fn rebuild(
                 parts.sort();
                 h.push_str("<table><caption>Per partition: offsets folded into the new generation against the end it first saw</caption>\n<thead><tr><th scope=\"col\">Partition</th><th scope=\"col\" class=\"n\">Done</th><th scope=\"col\" class=\"n\">Target</th></tr></thead><tbody>\n");
                 for (tp, (done, target)) in parts {
-                    let _ = write!(
+                    let _ = writeln!(
                         h,
-                        "<tr><th scope=\"row\">{}</th><td class=\"n\">{}</td><td class=\"n\">{}</td></tr>\n",
+                        "<tr><th scope=\"row\">{}</th><td class=\"n\">{}</td><td class=\"n\">{}</td></tr>",
                         esc(tp),
                         num(*done),
                         target.map_or_else(|| "-".into(), num)
@@ -346,9 +346,9 @@ pub fn rebuild(
         },
     }
     if let Some((g, at)) = snapshot.view.as_ref().and_then(|v| v.retired) {
-        let _ = write!(
+        let _ = writeln!(
             h,
-            "<p>Retired generation {g}: kept for readers still switching, removed from {}.</p>\n",
+            "<p>Retired generation {g}: kept for readers still switching, removed from {}.</p>",
             esc(&format_utc_ms(at))
         );
     }
@@ -435,7 +435,7 @@ pub fn dead_letters(dead: &Summary, topic: &str, csrf: Option<&str>) -> String {
                     esc(&l.position())
                 )
             };
-            let _ = write!(h, "<tr><td>{select}</td>{}</tr>\n", letter_cells(l));
+            let _ = writeln!(h, "<tr><td>{select}</td>{}</tr>", letter_cells(l));
         }
         h.push_str("</tbody></table>\n");
     }
@@ -468,9 +468,9 @@ pub fn redrive_results(
         .iter()
         .filter(|r| !matches!(r.outcome, Outcome::Refused { .. }))
         .collect();
-    let _ = write!(
+    let _ = writeln!(
         h,
-        "<p role=\"status\" class=\"summary\">{}: {} of {} selected dead letter{} {}.</p>\n",
+        "<p role=\"status\" class=\"summary\">{}: {} of {} selected dead letter{} {}.</p>",
         if dry_run { "Dry run" } else { "Done" },
         ok.len(),
         results.len(),
@@ -501,11 +501,7 @@ pub fn redrive_results(
             ),
             Outcome::Refused { why } => format!("<span class=\"bad\">refused: {}</span>", esc(why)),
         };
-        let _ = write!(
-            h,
-            "<tr><td>{outcome}</td>{}</tr>\n",
-            letter_cells(&r.letter)
-        );
+        let _ = writeln!(h, "<tr><td>{outcome}</td>{}</tr>", letter_cells(&r.letter));
     }
     h.push_str("</tbody></table>\n");
     if dry_run && !ok.is_empty() {
@@ -528,9 +524,9 @@ pub fn redrive_results(
                 esc(&r.letter.position())
             );
         }
-        let _ = write!(
+        let _ = writeln!(
             h,
-            "<button type=\"submit\" id=\"confirm-redrive\" class=\"danger\">Re-drive {} dead letter{}</button> <a href=\"/console/dead-letters\">Cancel</a></form>\n",
+            "<button type=\"submit\" id=\"confirm-redrive\" class=\"danger\">Re-drive {} dead letter{}</button> <a href=\"/console/dead-letters\">Cancel</a></form>",
             ok.len(),
             if ok.len() == 1 { "" } else { "s" }
         );
@@ -563,7 +559,7 @@ pub fn lookup(
         esc(asked.map_or("", |(_, id)| id))
     );
     if let Some(e) = error {
-        let _ = write!(h, "<p class=\"error\" role=\"alert\">{}</p>\n", esc(e));
+        let _ = writeln!(h, "<p class=\"error\" role=\"alert\">{}</p>", esc(e));
     }
     let Some(f) = found else { return h };
     let (entity, id) = asked.unwrap_or_default();
@@ -633,9 +629,9 @@ pub fn lookup(
                     esc(view)
                 );
                 for (k, v) in &f.values {
-                    let _ = write!(
+                    let _ = writeln!(
                         h,
-                        "<tr><th scope=\"row\"><code>{}</code></th><td class=\"mono\">{}</td></tr>\n",
+                        "<tr><th scope=\"row\"><code>{}</code></th><td class=\"mono\">{}</td></tr>",
                         esc(k),
                         esc(v)
                     );
@@ -652,7 +648,7 @@ pub fn lookup(
 pub fn login(next: &str, error: Option<&str>) -> String {
     let mut h = String::new();
     if let Some(e) = error {
-        let _ = write!(h, "<p class=\"error\" role=\"alert\">{}</p>\n", esc(e));
+        let _ = writeln!(h, "<p class=\"error\" role=\"alert\">{}</p>", esc(e));
     }
     let _ = write!(
         h,
