@@ -39,7 +39,7 @@ use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::{Offset, TopicPartitionList};
 use serde::Serialize;
 use sha2::{Digest, Sha256};
-use std::collections::{BTreeMap, HashSet, VecDeque};
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -561,8 +561,22 @@ impl Redriver {
         dry_run: bool,
     ) -> anyhow::Result<Vec<Redrive>> {
         let mut out = Vec::new();
+        // A replay from offset zero (a rebuild, a Redis loss) dead-letters a
+        // poison record again: one origin record is produced once.
+        let mut origins: HashMap<String, String> = HashMap::new();
         for raw in raws {
             let letter = Letter::of(raw);
+            if let Some(first) = origins.get(&letter.origin()) {
+                let why = format!(
+                    "a copy of {first} (the same origin record, dead-lettered again by a replay)"
+                );
+                out.push(Redrive {
+                    letter,
+                    outcome: Outcome::Refused { why },
+                });
+                continue;
+            }
+            origins.insert(letter.origin(), letter.position());
             let outcome = match self.check(raw, &letter, to).await? {
                 Err(why) => Outcome::Refused { why },
                 Ok((topic, partition)) if dry_run => Outcome::WouldRedrive { topic, partition },
