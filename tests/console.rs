@@ -60,6 +60,35 @@ fn hr_values(employees: usize, teams: usize) -> BTreeSet<String> {
     out
 }
 
+/// What a screen reader needs of a page: a language, one `<h1>`, every
+/// visible form control labelled, every table captioned.
+fn assert_accessible(html: &str, page: &str) -> Result<()> {
+    ensure!(html.contains("<html lang=\"en\""), "{page}: no lang");
+    ensure!(html.matches("<h1").count() == 1, "{page}: one h1");
+    ensure!(
+        html.matches("<table").count() == html.matches("<caption").count(),
+        "{page}: a table without a caption"
+    );
+    for tag in html
+        .split('<')
+        .filter(|t| t.starts_with("input") || t.starts_with("select"))
+    {
+        if tag.contains("type=\"hidden\"") {
+            continue;
+        }
+        let id = tag
+            .split("id=\"")
+            .nth(1)
+            .and_then(|r| r.split('"').next())
+            .with_context(|| format!("{page}: a control without an id: <{tag}"))?;
+        ensure!(
+            html.contains(&format!("for=\"{id}\"")),
+            "{page}: no label for #{id}"
+        );
+    }
+    Ok(())
+}
+
 fn assert_no_hr_value(html: &str, values: &BTreeSet<String>, page: &str) -> Result<()> {
     let leaked: Vec<&String> = values
         .iter()
@@ -339,6 +368,7 @@ grants = {{ employees = "full" }}
     ensure!(!poison_page.contains("Poison Wide-Person") && !poison_page.contains("987654"));
     // Every page ops saw: no HR value, and never the poison record's.
     for (name, html) in &pages_seen {
+        assert_accessible(html, name)?;
         assert_no_hr_value(html, &hr, name)?;
         ensure!(
             !html.contains("Poison Wide-Person"),
