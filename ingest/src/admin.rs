@@ -5,6 +5,9 @@
 //! `[[auth.tokens]]` entry with `admin = true`, or `ingest.admin_token`; none
 //! configured, no rebuild) and `GET /admin/rebuild` (progress as JSON).
 //! Every admin action is written to the `audit` log target.
+//!
+//! The web console (`/console`, see [`crate::console`]) is served here too,
+//! with the same admin tokens.
 
 use crate::rebuild::{Rebuilds, RequestOutcome};
 use axum::Json;
@@ -18,7 +21,7 @@ use foldcache_common::runtime::now_ms;
 use foldcache_common::secret::{bearer_token, parse_token_hash, token_hash};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use serde_json::json;
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
@@ -47,6 +50,16 @@ pub struct AdminState {
     pub redis: redis::Client,
     /// Who may call admin actions.
     pub admins: AdminTokens,
+    /// The configuration (sources, entities, views, the dead-letter topic).
+    pub config: std::sync::Arc<Config>,
+    /// The deployment as Redis shows it, read every second.
+    pub cluster: crate::cluster::Latest,
+    /// The dead-letter topic's counts and latest letters.
+    pub dead_letters: crate::dead_letter_tools::Live,
+    /// The console's signed-in sessions.
+    pub sessions: crate::console::Sessions,
+    /// One redrive at a time (a double submit must not produce twice).
+    pub redrive_lock: std::sync::Arc<tokio::sync::Mutex<()>>,
 }
 
 impl std::fmt::Debug for AdminState {
@@ -67,6 +80,7 @@ pub async fn serve(listener: TcpListener, state: AdminState) -> std::io::Result<
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(readyz))
         .route("/admin/rebuild", get(progress).post(start_rebuild))
+        .merge(crate::console::routes())
         .with_state(state);
     axum::serve(listener, app).await
 }
@@ -106,7 +120,8 @@ async fn readyz(State(s): State<AdminState>) -> Response {
     (status, Json(body)).into_response()
 }
 
-fn problem(status: StatusCode, detail: &str) -> Response {
+/// An RFC 9457 problem+json answer.
+pub fn problem(status: StatusCode, detail: &str) -> Response {
     let body = json!({"type": "about:blank", "title": status.canonical_reason(), "status": status.as_u16(), "detail": detail});
     let mut r = (status, Json(body)).into_response();
     r.headers_mut().insert(
@@ -116,59 +131,105 @@ fn problem(status: StatusCode, detail: &str) -> Response {
     r
 }
 
+/// A token holder, as configured.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Caller {
+    /// The token's configured `name` (never the token).
+    pub name: String,
+    /// May call admin actions.
+    pub admin: bool,
+    /// Entity -> view the token may read (the console shows values only
+    /// within these).
+    pub grants: BTreeMap<String, String>,
+}
+
 /// Who may call admin endpoints: `ingest.admin_token` and every
 /// `[[auth.tokens]]` entry, by SHA-256 (a token itself is never kept).
 #[derive(Debug, Clone, Default)]
 pub struct AdminTokens {
-    by_hash: HashMap<[u8; 32], (String, bool)>,
+    by_hash: HashMap<[u8; 32], Caller>,
 }
 
 impl AdminTokens {
     /// From config.
     pub fn new(config: &Config) -> Self {
-        let mut by_hash: HashMap<[u8; 32], (String, bool)> = config
+        let mut by_hash: HashMap<[u8; 32], Caller> = config
             .auth
             .tokens
             .iter()
-            .filter_map(|t| Some((parse_token_hash(&t.sha256)?, (t.name.clone(), t.admin))))
+            .filter_map(|t| {
+                Some((
+                    parse_token_hash(&t.sha256)?,
+                    Caller {
+                        name: t.name.clone(),
+                        admin: t.admin,
+                        grants: t.grants.clone(),
+                    },
+                ))
+            })
             .collect();
         if let Some(t) = &config.ingest.admin_token {
-            by_hash.insert(token_hash(t.expose()), ("ingest.admin_token".into(), true));
+            by_hash.insert(
+                token_hash(t.expose()),
+                Caller {
+                    name: "ingest.admin_token".into(),
+                    admin: true,
+                    grants: BTreeMap::new(),
+                },
+            );
         }
         Self { by_hash }
     }
 
-    /// Checks the request's bearer token; returns the caller's configured
-    /// name for the audit log.
-    fn authorize(&self, headers: &HeaderMap) -> Result<String, (StatusCode, String)> {
-        if !self.by_hash.values().any(|(_, admin)| *admin) {
-            return Err((
+    /// Checks a token: the caller if it has the admin scope; else the
+    /// status (401 unknown, 403 no admin scope or none configured) and why.
+    pub fn check(&self, token: &str) -> Result<Caller, (StatusCode, String)> {
+        self.any_admin()?;
+        match self.by_hash.get(&token_hash(token)) {
+            None => Err((StatusCode::UNAUTHORIZED, "unknown token".into())),
+            Some(c) if !c.admin => Err((
                 StatusCode::FORBIDDEN,
-                "no admin token is configured (ingest.admin_token or [[auth.tokens]] with admin = true): admin actions are disabled".into(),
-            ));
+                format!("token {:?} has no admin scope", c.name),
+            )),
+            Some(c) => Ok(c.clone()),
         }
+    }
+
+    /// Checks the request's bearer token (see [`AdminTokens::check`]).
+    pub fn authorize(&self, headers: &HeaderMap) -> Result<Caller, (StatusCode, String)> {
         let given = headers
             .get(header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok())
-            .and_then(bearer_token)
-            .ok_or((
-                StatusCode::UNAUTHORIZED,
-                "send Authorization: Bearer <admin token>".into(),
-            ))?;
-        match self.by_hash.get(&token_hash(given)) {
-            None => Err((StatusCode::UNAUTHORIZED, "unknown token".into())),
-            Some((name, false)) => Err((
+            .and_then(bearer_token);
+        match given {
+            Some(t) => self.check(t),
+            None => {
+                // Say first when nothing could ever be accepted.
+                self.any_admin()?;
+                Err((
+                    StatusCode::UNAUTHORIZED,
+                    "send Authorization: Bearer <admin token>".into(),
+                ))
+            }
+        }
+    }
+
+    /// `Err(403)` when no token has the admin scope: admin actions are off.
+    pub fn any_admin(&self) -> Result<(), (StatusCode, String)> {
+        if self.by_hash.values().any(|c| c.admin) {
+            Ok(())
+        } else {
+            Err((
                 StatusCode::FORBIDDEN,
-                format!("token {name:?} has no admin scope"),
-            )),
-            Some((name, true)) => Ok(name.clone()),
+                "no admin token is configured (ingest.admin_token or [[auth.tokens]] with admin = true): admin actions are disabled".into(),
+            ))
         }
     }
 }
 
 async fn start_rebuild(State(s): State<AdminState>, headers: HeaderMap) -> Response {
     let who = match s.admins.authorize(&headers) {
-        Ok(who) => who,
+        Ok(caller) => caller.name,
         Err((status, why)) => {
             tracing::warn!(target: "audit", action = "rebuild", outcome = "refused", status = status.as_u16(), reason = %why, "admin action refused");
             return problem(status, &why);

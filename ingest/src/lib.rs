@@ -15,6 +15,8 @@
 //!   to a [`decode::Poison`] reason.
 //! - [`dead_letter`]: poison records (or an envelope, if too big) to the
 //!   dead-letter topic; the start-up check that the topic exists.
+//! - [`dead_letter_tools`], [`dead_letter_cli`]: reading the dead-letter
+//!   topic (never a value) and re-driving letters after the upstream fix.
 //! - [`fold`]: the atomic Redis script that writes a partition batch and its
 //!   offset together, fenced so that nothing ever regresses.
 //! - [`progress`]: per-partition position, caught-up, freshness and the
@@ -28,14 +30,21 @@
 //! - [`ttl_refresh`]: keeps live entities from expiring while ingest runs.
 //! - [`purge`]: the optional CDN purge hook.
 //! - [`rebuild`]: on-demand rebuilds into a new generation, and the swap.
-//! - [`admin`]: `/metrics`, `/healthz`, `/readyz`.
+//! - [`admin`]: `/metrics`, `/healthz`, `/readyz`, the admin actions.
+//! - [`console`]: the operator's web console on the admin port.
+//! - [`cluster`]: the deployment as Redis shows it (marker, instances,
+//!   freshness), for the console and as gauges for alerts.
 //! - [`generate`], [`produce`], [`topics`], [`kafka`]: the demo data set and
 //!   tooling.
 
 pub mod admin;
 pub mod cache_state;
+pub mod cluster;
+pub mod console;
 pub mod consumer;
 pub mod dead_letter;
+pub mod dead_letter_cli;
+pub mod dead_letter_tools;
 pub mod decode;
 pub mod fold;
 pub mod generate;

@@ -1,11 +1,15 @@
 //! The `ingest` binary: `ingest run` (the default), `ingest create-topics`,
+//! `ingest rebuild`, `ingest dead-letters`, `ingest hash-token`,
 //! `ingest generate`.
 
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 use foldcache_common::config::Config;
 use foldcache_ingest::generate::{GenOptions, Generator};
-use foldcache_ingest::{Ingest, admin, produce, rebuild_cli, topics};
+use foldcache_ingest::{
+    Ingest, admin, cluster, console, dead_letter_cli, dead_letter_tools, produce, rebuild_cli,
+    topics,
+};
 use std::path::PathBuf;
 
 /// Folds compacted Kafka topics of HR entities into Redis.
@@ -39,6 +43,12 @@ enum Command {
         #[arg(long)]
         no_wait: bool,
     },
+    /// Inspect the dead-letter topic and re-drive dead letters after the
+    /// upstream fix. Values are never shown: they may hold HR data.
+    DeadLetters {
+        #[command(subcommand)]
+        command: DeadLetterCommand,
+    },
     /// Print the SHA-256 of a bearer token for `[[auth.tokens]] sha256`.
     /// The token is read from stdin (never an argument, which `ps` shows);
     /// with `--new`, a fresh random token is made and printed with its hash.
@@ -67,6 +77,53 @@ enum Command {
         /// Events per second; 0 = as fast as possible.
         #[arg(long, default_value_t = 0)]
         rate: u64,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum DeadLetterCommand {
+    /// Counts per reason and the latest dead letters of each: position,
+    /// time, origin, key, value size and SHA-256, error.
+    List {
+        /// Dead letters shown per reason.
+        #[arg(long, default_value_t = 5)]
+        latest: usize,
+        /// JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+    /// One dead letter's metadata (never its value).
+    Show {
+        /// Its position on the dead-letter topic, `PARTITION:OFFSET`.
+        #[arg(value_parser = dead_letter_tools::parse_position)]
+        position: (i32, i64),
+        /// JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Produce selected dead letters again, to their origin topic and
+    /// partition (or `--to`), refusing envelopes, records that would still
+    /// fail decoding under the current config, and records the cache has
+    /// already superseded.
+    Redrive {
+        /// Positions on the dead-letter topic, `PARTITION:OFFSET`.
+        #[arg(value_parser = dead_letter_tools::parse_position)]
+        positions: Vec<(i32, i64)>,
+        /// Every dead letter of this reason (repeatable).
+        #[arg(long = "reason")]
+        reasons: Vec<String>,
+        /// Every dead letter.
+        #[arg(long)]
+        all: bool,
+        /// Produce to this topic instead of each letter's origin topic.
+        #[arg(long)]
+        to: Option<String>,
+        /// Say what would happen; produce nothing.
+        #[arg(long)]
+        dry_run: bool,
+        /// JSON instead of text.
+        #[arg(long)]
+        json: bool,
     },
 }
 
@@ -126,6 +183,29 @@ async fn run_main() -> anyhow::Result<()> {
         } => topics::create_topics(&config, partitions, replication_factor).await,
         Command::Rebuild { no_wait } => rebuild_cli::run(&config, !no_wait).await,
         Command::HashToken { new } => hash_token(new),
+        Command::DeadLetters { command } => match command {
+            DeadLetterCommand::List { latest, json } => {
+                dead_letter_cli::list(&config, latest, json).await
+            }
+            DeadLetterCommand::Show { position, json } => {
+                dead_letter_cli::show(&config, position, json).await
+            }
+            DeadLetterCommand::Redrive {
+                positions,
+                reasons,
+                all,
+                to,
+                dry_run,
+                json,
+            } => {
+                let selection = dead_letter_tools::Selection {
+                    all,
+                    reasons,
+                    positions,
+                };
+                dead_letter_cli::redrive(&config, selection, to, dry_run, json).await
+            }
+        },
         Command::Generate {
             seed,
             employees,
@@ -159,7 +239,23 @@ async fn run(config: Config) -> anyhow::Result<()> {
         .with_context(|| format!("binding ingest.admin_listen {}", config.ingest.admin_listen))?;
     tracing::info!(addr = %listener.local_addr()?, "admin endpoints listening");
     let admins = admin::AdminTokens::new(&config);
-    let ingest = Ingest::new(config)?;
+    let ingest = Ingest::new(config.clone())?;
+    let latest = cluster::Latest::default();
+    // The console's view of the dead-letter topic, on its own thread (a
+    // blocking consumer); it stops when the admin endpoints are gone.
+    let dead_letters = dead_letter_tools::Live::default();
+    {
+        let (config, live) = (config.clone(), dead_letters.clone());
+        std::thread::Builder::new()
+            .name("dead-letters".into())
+            .spawn(move || dead_letter_tools::follow(&config, &live))
+            .context("starting the dead-letter reader")?;
+    }
+    let watcher = tokio::spawn(cluster::watch(
+        config.clone(),
+        ingest.redis().clone(),
+        latest.clone(),
+    ));
     let admin_task = tokio::spawn(admin::serve(
         listener,
         admin::AdminState {
@@ -169,12 +265,18 @@ async fn run(config: Config) -> anyhow::Result<()> {
             rebuilds: ingest.rebuilds().clone(),
             redis: ingest.redis().clone(),
             admins,
+            config: std::sync::Arc::new(config.clone()),
+            cluster: latest,
+            dead_letters: dead_letters.clone(),
+            sessions: console::Sessions::default(),
+            redrive_lock: std::sync::Arc::default(),
         },
     ));
     let result = ingest
         .run(foldcache_common::runtime::shutdown_signal())
         .await;
     admin_task.abort();
+    watcher.abort();
     tracing::info!("ingest stopped");
     result
 }

@@ -155,6 +155,8 @@ impl PartitionTask {
     /// shut down, or its generation or Redis changed.
     pub async fn run(mut self, queue: PartitionQueue) -> PartitionExit {
         self.publish();
+        // Present from the start, so dashboards and alerts see 0, not nothing.
+        self.stalled_gauge(false);
         let mut batch = Batch::new(&self.tp);
         let mut observe = tokio::time::interval(OBSERVE_EVERY);
         observe.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);

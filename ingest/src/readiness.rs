@@ -100,6 +100,9 @@ impl Readiness {
                         continue;
                     }
                 };
+                // Before the swap attempt: a build that completes in its
+                // first round still shows its progress once.
+                self.build_metrics(&mut con).await;
                 let r = self
                     .rebuilds
                     .try_swap(
@@ -117,7 +120,6 @@ impl Readiness {
                 if r.is_ok() {
                     targeted.extend(targets.into_iter().map(|(t, p, _)| (t, p)));
                 }
-                self.build_metrics(&mut con).await;
                 r
             };
             match outcome {
