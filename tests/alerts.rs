@@ -394,7 +394,6 @@ scrape_configs:
     stack.redis.kill();
     stack.redis.start_again(Some(&rdb)).await?;
     let _ = std::fs::remove_file(&rdb);
-    con = stack.redis.connection().await?;
     stack.wait_ready(WAIT).await?;
     // Prometheus has at least two samples of everything so far (rates need
     // two) before the restart resets ingest's counters.
