@@ -14,7 +14,9 @@
 //!    found in the hash's `_fc:ix` meta field; a tombstone removes them) and
 //!    the change log (a stream entry `op u|d, id, etag` for every change:
 //!    a state equal to the stored one is no change), trimmed by length
-//!    (`MAXLEN ~`) and age (`MINID ~`);
+//!    and age; the newest removed entry is recorded in the stream
+//!    (`XSETID ... MAXDELETEDID`), so a reader can tell a cursor that lost
+//!    changes from one that did not;
 //! 5. advances the partition's offset.
 //!
 //! So no change is announced that is not in the cache, and none is missed.
@@ -42,7 +44,7 @@ const FOLD_LUA: &str = r"
 -- ARGV[1] epoch, ARGV[2] partition field, ARGV[3] next offset after the batch,
 -- ARGV[4] 'epoch', ARGV[5] generation, ARGV[6] the offset the caller knows
 -- is stored (its position), ARGV[7] index key prefix, ARGV[8] change log
--- MAXLEN (0: none), ARGV[9] change log max age in ms (0: none), ARGV[10]
+-- length bound (0: none), ARGV[9] change log max age in ms (0: none), ARGV[10]
 -- unique index names, space-separated,
 -- then per entity key: id, offset, ttl_ms, etag, mod, index entries
 -- ('\n'-separated), nfields (-1 = delete), name, value, ... (the fields
@@ -89,13 +91,18 @@ local function reindex(id, old, new)
   end
 end
 -- The change log entry, in the same atomic step as the data.
+local last_id
 local function log_change(op, id, etag)
-  if maxlen > 0 then
-    redis.call('XADD', KEYS[4], 'MAXLEN', '~', maxlen, '*', 'op', op, 'id', id, 'etag', etag)
-  else
-    redis.call('XADD', KEYS[4], '*', 'op', op, 'id', id, 'etag', etag)
-  end
+  last_id = redis.call('XADD', KEYS[4], '*', 'op', op, 'id', id, 'etag', etag)
   logged = logged + 1
+end
+-- Removes the log's entries up to and including `cut` and records it as
+-- the newest removed entry (XINFO's max-deleted-entry-id), so that readers
+-- know exactly which cursors have lost changes.
+local function trim_through(cut)
+  local ms, seq = string.match(cut, '^(%d+)-(%d+)$')
+  redis.call('XTRIM', KEYS[4], 'MINID', ms .. '-' .. (tonumber(seq) + 1))
+  redis.call('XSETID', KEYS[4], last_id, 'MAXDELETEDID', cut)
 end
 local up, del, skip = 0, 0, 0
 local c = 11
@@ -137,11 +144,26 @@ for i = 5, #KEYS do
   end
   if n > 0 then c = c + 7 + 2 * n else c = c + 7 end
 end
-local maxage = tonumber(ARGV[9])
-if logged > 0 and maxage > 0 then
-  local t = redis.call('TIME')
-  local minid = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000) - maxage
-  if minid > 0 then redis.call('XTRIM', KEYS[4], 'MINID', '~', minid) end
+-- Retention, by length (in steps, so that trimming is amortised) and by
+-- age.
+if logged > 0 then
+  if maxlen > 0 then
+    local len = redis.call('XLEN', KEYS[4])
+    if len > maxlen + math.max(100, math.floor(maxlen / 10)) then
+      local old = redis.call('XRANGE', KEYS[4], '-', '+', 'COUNT', len - maxlen)
+      trim_through(old[#old][1])
+    end
+  end
+  local maxage = tonumber(ARGV[9])
+  if maxage > 0 then
+    local t = redis.call('TIME')
+    local minms = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000) - maxage
+    local first = redis.call('XRANGE', KEYS[4], '-', '+', 'COUNT', 1)
+    if first[1] and tonumber(string.match(first[1][1], '^(%d+)')) < minms then
+      local cut = redis.call('XREVRANGE', KEYS[4], '(' .. minms .. '-0', '-', 'COUNT', 1)
+      if cut[1] then trim_through(cut[1][1]) end
+    end
+  end
 end
 if tonumber(ARGV[3]) > fence then
   redis.call('HSET', KEYS[2], ARGV[2], ARGV[3])

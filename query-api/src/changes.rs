@@ -25,10 +25,12 @@
 //! no silent gap.
 //!
 //! Slow SSE clients: each connection has a queue of
-//! `http.sse_buffer_events` events. Catching up from Redis waits for the
-//! client; once live, an event that does not fit the queue ends the stream
-//! (the client resumes with `Last-Event-ID`), so a client that stops
-//! reading costs at most one queue.
+//! `http.sse_buffer_events` events. Catching up from Redis goes at the
+//! client's pace, but a client that accepts nothing for a heartbeat
+//! interval is disconnected; once live, an event that does not fit the
+//! queue ends the stream. Either way the client resumes with
+//! `Last-Event-ID`, and a client that stops reading costs at most one
+//! queue.
 
 use crate::auth::{Authenticated, Caller, View};
 use crate::collection::{cursor_error, parse_limit};
@@ -404,14 +406,20 @@ impl Producer {
                     break;
                 };
                 for e in &read.entries {
-                    if let Some(json) = render_event(&self.scope, e, &self.view)
-                        && self
-                            .tx
-                            .send(sse_event(&self.scope, e, &json))
-                            .await
-                            .is_err()
+                    let Some(json) = render_event(&self.scope, e, &self.view) else {
+                        continue;
+                    };
+                    // The client's own backlog goes at its pace, but a
+                    // client that takes nothing for a heartbeat interval is
+                    // too slow: it resumes later with Last-Event-ID.
+                    match self
+                        .tx
+                        .send_timeout(sse_event(&self.scope, e, &json), self.app.sse.heartbeat)
+                        .await
                     {
-                        return "client";
+                        Ok(()) => {}
+                        Err(mpsc::error::SendTimeoutError::Timeout(_)) => return "slow",
+                        Err(mpsc::error::SendTimeoutError::Closed(_)) => return "client",
                     }
                 }
                 self.pos = last;

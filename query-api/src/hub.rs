@@ -6,10 +6,11 @@
 //! atomic script, [`Store::changes`]) and
 //!
 //! - publishes every entry that still carries its state to a
-//!   `tokio::sync::broadcast` ring of `http.sse_buffer_events` (shared by all
-//!   subscribers: memory does not grow with them; a subscriber that falls a
-//!   whole ring behind is told so and catches up from Redis, or is
-//!   disconnected if its own queue is full, see `changes.rs`);
+//!   `tokio::sync::broadcast` ring of `max(http.sse_buffer_events, 2048)`
+//!   events (one ring shared by all subscribers: memory does not grow with
+//!   them; a subscriber that falls a whole ring behind is told so and
+//!   catches up from Redis, or is disconnected if its own queue is full,
+//!   see `changes.rs`);
 //! - wakes the long-polls waiting on the ids it names (one `Notify` per
 //!   waited id, so a change wakes only its own waiters);
 //! - publishes its position, which wakes change-page long-polls.
@@ -29,12 +30,15 @@ use crate::cursor::{Scope, StreamPos};
 use crate::store::{ChangeEntry, ChangeOp, Store};
 use foldcache_common::id::EntityName;
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::{Notify, broadcast, watch};
 
 /// How many log entries one feed read takes at most.
 const FEED_BATCH: usize = 512;
+/// The smallest ring: a few feed reads, so a burst does not send every
+/// subscriber back to Redis.
+const MIN_RING: usize = 4 * FEED_BATCH;
 /// How long a feed's `XREAD` blocks before it re-checks the generation.
 const BLOCK_MS: u64 = 1000;
 
@@ -209,7 +213,6 @@ pub struct Hub {
     store: Store,
     capacity: usize,
     feeds: Mutex<HashMap<String, Arc<Feed>>>,
-    tasks: OnceLock<()>,
 }
 
 impl Hub {
@@ -217,9 +220,8 @@ impl Hub {
     pub fn new(store: Store, capacity: usize) -> Self {
         Self {
             store,
-            capacity: capacity.max(1),
+            capacity: capacity.max(MIN_RING),
             feeds: Mutex::new(HashMap::new()),
-            tasks: OnceLock::new(),
         }
     }
 
@@ -240,7 +242,6 @@ impl Hub {
                         waiters: Mutex::new(HashMap::new()),
                     });
                     feeds.insert(entity.as_str().to_owned(), feed.clone());
-                    let _ = self.tasks.get_or_init(|| ());
                     tokio::spawn(tail(
                         self.store.clone(),
                         entity.clone(),
@@ -368,6 +369,8 @@ async fn step(
     let Some(last) = read.entries.last().map(|e| e.pos) else {
         return Ok(None);
     };
+    metrics::counter!("foldcache_http_feed_entries_total", "entity" => entity.to_string())
+        .increment(read.entries.len() as u64);
     for entry in read.entries {
         feed.wake(entry.id.as_str());
         if !matches!(entry.op, ChangeOp::Superseded) {
@@ -377,8 +380,7 @@ async fn step(
                 .send(Arc::new(Change::Event(Event::new(at.scope.clone(), entry))));
         }
     }
-    metrics::counter!("foldcache_http_feed_entries_total", "entity" => entity.to_string())
-        .increment(1);
+
     Ok(Some(FeedPos {
         scope: at.scope.clone(),
         pos: last,
