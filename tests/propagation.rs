@@ -264,12 +264,15 @@ async fn filter_ids(base: &str, token: &str, path: &str) -> Result<BTreeSet<Stri
     Ok(ids)
 }
 
-/// The reference index: value -> ids, for the values `values` extracts.
+/// An index: value -> ids.
+type Index = BTreeMap<String, BTreeSet<String>>;
+
+/// The reference index, for the values `values` extracts.
 fn reference_index(
     states: &BTreeMap<String, Value>,
     values: impl Fn(&Value) -> Vec<String>,
-) -> BTreeMap<String, BTreeSet<String>> {
-    let mut index: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+) -> Index {
+    let mut index = Index::new();
     for (id, v) in states {
         for value in values(v) {
             index.entry(value).or_default().insert(id.clone());
@@ -301,7 +304,7 @@ async fn sync_clients_follow_a_random_log_through_disconnects_and_a_rebuild() ->
     stack.wait_ready(WAIT).await?;
     let base = stack.base_url();
     let mut world = World {
-        rng: StdRng::seed_from_u64(0x5eed_12),
+        rng: StdRng::seed_from_u64(0x005e_ed12),
         reference: Reference::new(),
         version: 0,
         producer: stack.producer()?,
@@ -436,7 +439,7 @@ async fn sync_clients_follow_a_random_log_through_disconnects_and_a_rebuild() ->
             .into_iter()
             .collect::<Vec<_>>()
     };
-    let lookups: Vec<(&str, &str, BTreeMap<String, BTreeSet<String>>)> = vec![
+    let lookups: Vec<(&str, &str, Index)> = vec![
         (
             "employees",
             "team_id",
