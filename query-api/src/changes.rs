@@ -271,7 +271,7 @@ async fn poll(
             },
         ),
     );
-    h.insert(header::VARY, crate::routes::vary(app));
+    h.insert(header::VARY, vary(app));
     if let Ok(link) = HeaderValue::try_from(format!("<{next_url}>; rel=\"next\"")) {
         h.insert(header::LINK, link);
     }
@@ -281,6 +281,16 @@ async fn poll(
     let mut res = (StatusCode::OK, h, body).into_response();
     res.extensions_mut().insert(Validators::new(etag, None));
     Ok(res)
+}
+
+/// `Vary` of the feed: one URL answers JSON or an event stream by
+/// `Accept`.
+fn vary(app: &AppState) -> HeaderValue {
+    HeaderValue::from_static(if app.auth.enabled {
+        "Accept, Accept-Encoding, Authorization"
+    } else {
+        "Accept, Accept-Encoding"
+    })
 }
 
 fn policy_is_no_store(policy: &EntityPolicy) -> bool {
@@ -338,7 +348,7 @@ async fn stream(
         .into_response();
     let h = res.headers_mut();
     h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-    h.insert(header::VARY, crate::routes::vary(&app));
+    h.insert(header::VARY, vary(&app));
     // nginx: do not buffer the stream.
     h.insert("x-accel-buffering", HeaderValue::from_static("no"));
     Ok(res)
