@@ -29,9 +29,9 @@ use std::time::Duration;
 use sync_client::{StreamEnd, SyncClient};
 
 const WAIT: Duration = Duration::from_secs(120);
-const HR_TOKEN: &str = "hr-token-propagation-8d1f";
-const DIRECTORY_TOKEN: &str = "directory-token-propagation-2c7a";
-const ADMIN_TOKEN: &str = "admin-token-propagation-5e90";
+const HR_TOKEN: &str = "propagation-hr-token-8d1f";
+const DIRECTORY_TOKEN: &str = "propagation-directory-token-2c7a";
+const ADMIN_TOKEN: &str = "propagation-admin-token-5e90";
 const DIRECTORY: [&str; 5] = ["id", "name", "email", "team_id", "title"];
 const EMPLOYEES: usize = 200;
 const TEAMS: usize = 8;
