@@ -168,9 +168,10 @@ async fn page(
         .page(scope.generation, name, &source, after.as_ref(), req.limit)
         .await
         .map_err(|e| unavailable(app, name, &e))?;
-    // An empty or short page may have raced a swap (the old generation's
-    // keys removed) or a flush: confirm before saying "that was all".
-    if (page.more_after.is_none() || page.items.len() < req.limit)
+    // An empty page, or one that lost hashes, may have raced the removal
+    // of a generation swapped away, or a flush: confirm before saying
+    // "that was all" (as a single lookup does before a 404).
+    if (page.items.is_empty() || page.missing > 0)
         && !app
             .store
             .still_serves(scope.generation, policy.max_staleness_ms)

@@ -308,10 +308,14 @@ impl CacheView {
 /// the ids (or an index's ids) and `HGETALL` of each.
 const PAGE_LUA: &str = r"
 -- KEYS[1] sorted set of ids; ARGV[1] ZRANGE start ('-' or '(' .. id),
--- ARGV[2] how many, ARGV[3] entity key prefix
-local ids = redis.call('ZRANGE', KEYS[1], ARGV[1], '+', 'BYLEX', 'LIMIT', 0, tonumber(ARGV[2]))
+-- ARGV[2] page size, ARGV[3] entity key prefix. One id more than the page
+-- is listed (whether another page follows); its hash is not read.
+local n = tonumber(ARGV[2])
+local ids = redis.call('ZRANGE', KEYS[1], ARGV[1], '+', 'BYLEX', 'LIMIT', 0, n + 1)
 local hashes = {}
-for i, id in ipairs(ids) do hashes[i] = redis.call('HGETALL', ARGV[3] .. id) end
+for i, id in ipairs(ids) do
+  if i <= n then hashes[i] = redis.call('HGETALL', ARGV[3] .. id) end
+end
 return {ids, hashes}
 ";
 
@@ -370,6 +374,10 @@ pub struct Page {
     pub items: Vec<(EntityId, Vec<(String, String)>)>,
     /// The last id walked, when more ids follow (the next page's cursor).
     pub more_after: Option<EntityId>,
+    /// Ids listed whose hash was gone (expired, or a generation being
+    /// removed): the caller confirms the generation before trusting the
+    /// page.
+    pub missing: usize,
 }
 
 /// What a change log holds after a position.
@@ -431,19 +439,21 @@ impl Store {
         let (ids, hashes): (Vec<String>, Vec<Vec<(String, String)>>) = redis::Script::new(PAGE_LUA)
             .key(key)
             .arg(start)
-            .arg(limit + 1)
+            .arg(limit)
             .arg(self.keys.entity_prefix(generation, entity))
             .invoke_async(&mut self.con.clone())
             .await?;
         let more = ids.len() > limit;
         let mut items = Vec::with_capacity(limit.min(ids.len()));
         let mut last = None;
+        let mut missing = 0;
         for (id, hash) in ids.into_iter().zip(hashes).take(limit) {
             let Ok(id) = EntityId::parse(&id) else {
                 continue;
             };
             last = Some(id.clone());
             if hash.is_empty() {
+                missing += 1;
                 continue;
             }
             if let Some(entry) = &entry {
@@ -460,6 +470,7 @@ impl Store {
         Ok(Page {
             items,
             more_after: if more { last } else { None },
+            missing,
         })
     }
 
