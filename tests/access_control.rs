@@ -101,7 +101,7 @@ async fn fixture(config: &Config) -> Result<Fixture> {
     })
     .events()
     .collect();
-    for (chunk_no, chunk) in events.chunks(2000).enumerate() {
+    for (chunk_no, chunk) in events.chunks(1000).enumerate() {
         let mut batches: BTreeMap<&str, PartitionBatch> = BTreeMap::new();
         for (i, e) in chunk.iter().enumerate() {
             let entity = e.kind.entity();
@@ -123,7 +123,7 @@ async fn fixture(config: &Config) -> Result<Fixture> {
             batches
                 .entry(entity)
                 .or_insert_with(|| PartitionBatch::new(&format!("hr.{entity}"), 0))
-                .push(&keys, 1, &source, (chunk_no * 2000 + i) as i64, now, d);
+                .push(&keys, 1, &source, (chunk_no * 1000 + i) as i64, now, d);
             if entity == "employees"
                 && let Some(v) = &e.value
             {
@@ -394,7 +394,7 @@ async fn no_error_answered_to_a_token_holder_is_shareable() -> Result<()> {
         ),
         (
             Method::GET,
-            "/v1/employees",
+            "/v1/employees?limit=0",
             Some(HR_TOKEN),
             &[],
             StatusCode::BAD_REQUEST,

@@ -243,6 +243,19 @@ async fn a_demo_scale_run_logs_no_hr_value_and_no_token() -> Result<()> {
         ("/v1/employees/%00bad", Some(HR_TOKEN)),
         ("/v1/employees?id=E000001&id=E000002", Some(DIRECTORY_TOKEN)),
         ("/v1/teams/T000001", None),
+        // The propagation API: pages, filters (a value of the data set
+        // among them), bad filters and cursors, the change feed.
+        ("/v1/employees?limit=50", Some(HR_TOKEN)),
+        ("/v1/employees?team_id=T000002", Some(DIRECTORY_TOKEN)),
+        ("/v1/employees?email=nobody%40example.com", Some(HR_TOKEN)),
+        ("/v1/employees?salary=5000000", Some(HR_TOKEN)),
+        ("/v1/employees?cursor=Z2FyYmFnZQ", Some(HR_TOKEN)),
+        ("/v1/permissions?system=github", Some(HR_TOKEN)),
+        ("/v1/employees/changes", Some(HR_TOKEN)),
+        (
+            "/v1/employees/changes?since=Z2FyYmFnZQ",
+            Some(DIRECTORY_TOKEN),
+        ),
     ] {
         let mut req = client.get(format!("{base}{uri}"));
         if let Some(t) = token {

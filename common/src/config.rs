@@ -254,6 +254,50 @@ pub struct HttpConfig {
     /// Serve HTTPS on `listen` with this certificate (unset: plain HTTP).
     #[serde(default)]
     pub tls: Option<HttpTlsConfig>,
+    /// Items per collection page and per change page when the request
+    /// gives no `limit`.
+    #[serde(default = "default_page_limit")]
+    pub default_page_limit: usize,
+    /// Most items a request may ask for with `limit` (collections, filters,
+    /// change pages).
+    #[serde(default = "max_page_limit")]
+    pub max_page_limit: usize,
+    /// Longest `Prefer: wait=N` honoured (long-polls of an entity or of a
+    /// change page); a longer wait is cut to this (and
+    /// `Preference-Applied` says so).
+    #[serde(default = "max_wait_secs")]
+    pub max_wait_secs: u64,
+    /// A Server-Sent Events stream sends a comment line after this many
+    /// idle seconds, so proxies keep it open and clients notice a dead one.
+    #[serde(default = "sse_heartbeat_secs")]
+    pub sse_heartbeat_secs: u64,
+    /// Change events queued for one SSE connection at most; a client that
+    /// falls this far behind the live feed is disconnected (it resumes with
+    /// `Last-Event-ID`), so a slow reader never grows query-api's memory.
+    #[serde(default = "sse_buffer_events")]
+    pub sse_buffer_events: usize,
+}
+
+const fn default_page_limit() -> usize {
+    100
+}
+const fn max_page_limit() -> usize {
+    1000
+}
+const fn max_wait_secs() -> u64 {
+    60
+}
+const fn sse_heartbeat_secs() -> u64 {
+    15
+}
+const fn sse_buffer_events() -> usize {
+    1024
+}
+const fn changes_max_len() -> u64 {
+    100_000
+}
+const fn changes_max_age_secs() -> u64 {
+    7 * 24 * 3600
 }
 
 /// query-api's server certificate.
@@ -339,6 +383,49 @@ pub struct EntityConfig {
     /// is every field. Every entity also has the view `full` (all fields).
     #[serde(default)]
     pub views: BTreeMap<String, Vec<String>>,
+    /// Secondary indexes by name (the name is the collection filter:
+    /// `GET /v1/employees?team_id=T1`), maintained by the fold in the same
+    /// atomic step as the data.
+    #[serde(default)]
+    pub indexes: BTreeMap<String, IndexConfig>,
+    /// The change log keeps about this many entries (`XADD ... MAXLEN ~`);
+    /// `0`: no length bound. A change cursor older than what is kept
+    /// answers 410 (resync from the collection).
+    #[serde(default = "changes_max_len")]
+    pub changes_max_len: u64,
+    /// The change log keeps entries for about this many seconds (`XTRIM
+    /// MINID ~`); `0`: no time bound.
+    #[serde(default = "changes_max_age_secs")]
+    pub changes_max_age_secs: u64,
+}
+
+/// One secondary index of an entity.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IndexConfig {
+    /// The field path whose values are indexed: `team_id`, `address.city`,
+    /// `grants[].system` (`[]` walks an array). See [`crate::index`].
+    pub field: String,
+    /// One id per value is expected (`employees.email`): a second holder is
+    /// counted (`foldcache_ingest_unique_conflicts_total`) but still served.
+    #[serde(default)]
+    pub unique: bool,
+}
+
+impl EntityConfig {
+    /// The indexes, resolved (a validated config has only valid paths).
+    pub fn index_specs(&self) -> Vec<crate::index::IndexSpec> {
+        self.indexes
+            .iter()
+            .filter_map(|(name, ix)| {
+                Some(crate::index::IndexSpec {
+                    name: name.clone(),
+                    path: crate::index::FieldPath::parse(&ix.field).ok()?,
+                    unique: ix.unique,
+                })
+            })
+            .collect()
+    }
 }
 
 /// `Cache-Control` directives of one entity's responses.
@@ -384,7 +471,27 @@ impl Default for Config {
             },
             not_found_max_age_secs: 5,
             views: BTreeMap::new(),
+            indexes: BTreeMap::new(),
+            changes_max_len: changes_max_len(),
+            changes_max_age_secs: changes_max_age_secs(),
         };
+        let index = |field: &str, unique| IndexConfig {
+            field: field.into(),
+            unique,
+        };
+        let mut employees = entity(60, 30, 86400, 3600);
+        employees.indexes = BTreeMap::from([
+            ("email".into(), index("email", true)),
+            ("team_id".into(), index("team_id", false)),
+            ("manager_id".into(), index("manager_id", false)),
+        ]);
+        let mut teams = entity(300, 60, 86400, 3600);
+        teams.indexes = BTreeMap::from([("parent_id".into(), index("parent_id", false))]);
+        let mut permissions = entity(30, 15, 86400, 600);
+        permissions.indexes = BTreeMap::from([
+            ("employee_id".into(), index("employee_id", false)),
+            ("system".into(), index("grants[].system", false)),
+        ]);
         let source = |topic: &str, entity: &str| SourceConfig {
             topic: topic.into(),
             entity: entity.into(),
@@ -437,6 +544,11 @@ impl Default for Config {
                 max_batch_ids: 100,
                 local_cache_entries: 100_000,
                 tls: None,
+                default_page_limit: default_page_limit(),
+                max_page_limit: max_page_limit(),
+                max_wait_secs: max_wait_secs(),
+                sse_heartbeat_secs: sse_heartbeat_secs(),
+                sse_buffer_events: sse_buffer_events(),
             },
             log: LogConfig {
                 filter: "info".into(),
@@ -448,9 +560,9 @@ impl Default for Config {
                 source("hr.permissions", "permissions"),
             ],
             entities: BTreeMap::from([
-                ("employees".into(), entity(60, 30, 86400, 3600)),
-                ("teams".into(), entity(300, 60, 86400, 3600)),
-                ("permissions".into(), entity(30, 15, 86400, 600)),
+                ("employees".into(), employees),
+                ("teams".into(), teams),
+                ("permissions".into(), permissions),
             ]),
             auth: AuthConfig {
                 anonymous: BTreeMap::new(),

@@ -11,10 +11,23 @@
 //!                                           partition was first seen at its end
 //! {prefix}:g{gen}:{entity}:{id}       hash  one entity: its top-level JSON members
 //!                                           plus the reserved `_fc:` meta fields
+//! {prefix}:g{gen}:{{entity}}:_ids      zset  every id of the entity (score 0: the
+//!                                           members sort by bytes, the collection order)
+//! {prefix}:g{gen}:{{entity}}:_changes  stream the change log: one entry per change
+//!                                           (`op` u|d, `id`, `etag`)
+//! {prefix}:g{gen}:{{entity}}:_ix:{index}:{value}
+//!                                     zset  ids whose state holds `value` in `index`
 //! ```
 //!
 //! Ids and entity names are validated ([`crate::id`]) so they cannot contain
-//! `:`, braces or glob characters: no id can address another key.
+//! `:`, braces or glob characters: no id can address another key. Index
+//! values are encoded ([`crate::index::encode_value`]) for the same reason.
+//!
+//! The derived keys of one entity type (ids, change log, indexes) carry the
+//! Redis Cluster hash tag `{entity}`, so they live in one slot with each
+//! other; they start with `_` after the tag, which no id can, so they can
+//! never collide with an entity key should entity keys take the same tag
+//! (docs/ARCHITECTURE.md, *Redis Cluster*).
 
 use crate::id::{EntityId, EntityName};
 
@@ -28,6 +41,10 @@ pub const META_ETAG: &str = "_fc:etag";
 pub const META_MODIFIED_MS: &str = "_fc:mod";
 /// Meta field: where the state came from, `{topic}/{partition}/{offset}`.
 pub const META_SOURCE: &str = "_fc:src";
+/// Meta field: the state's index entries (`{index}:{encoded value}`,
+/// `\n`-separated, see [`crate::index`]), so that the next fold of the id
+/// can move or remove them; absent when the state is in no index.
+pub const META_INDEX: &str = "_fc:ix";
 
 /// Fields of the `{prefix}:state` hash.
 pub mod state_field {
@@ -109,6 +126,36 @@ impl KeySpace {
     /// One entity's hash.
     pub fn entity(&self, generation: u64, entity: &EntityName, id: &EntityId) -> String {
         format!("{}:g{generation}:{entity}:{id}", self.prefix)
+    }
+
+    /// The common prefix of one entity type's hashes: `{prefix}:g{gen}:{entity}:`
+    /// (an id appended gives [`KeySpace::entity`]).
+    pub fn entity_prefix(&self, generation: u64, entity: &EntityName) -> String {
+        format!("{}:g{generation}:{entity}:", self.prefix)
+    }
+
+    /// Every id of one entity type, a sorted set with score 0 (ordered by
+    /// bytes): the collection's order.
+    pub fn ids(&self, generation: u64, entity: &EntityName) -> String {
+        format!("{}:g{generation}:{{{entity}}}:_ids", self.prefix)
+    }
+
+    /// One entity type's change log (a stream) in one generation.
+    pub fn changes(&self, generation: u64, entity: &EntityName) -> String {
+        format!("{}:g{generation}:{{{entity}}}:_changes", self.prefix)
+    }
+
+    /// The prefix of one entity type's index keys; an index entry
+    /// (`{index}:{encoded value}`) appended gives [`KeySpace::index`].
+    pub fn index_prefix(&self, generation: u64, entity: &EntityName) -> String {
+        format!("{}:g{generation}:{{{entity}}}:_ix:", self.prefix)
+    }
+
+    /// The sorted set of ids whose state holds `value` in `index`.
+    pub fn index(&self, generation: u64, entity: &EntityName, index: &str, value: &str) -> String {
+        let mut k = self.index_prefix(generation, entity);
+        k.push_str(&crate::index::entry(index, value));
+        k
     }
 
     /// A glob that matches every key of one generation (for SCAN-based
@@ -228,5 +275,14 @@ mod tests {
         assert_eq!(ks.offsets(3), "fc:g3:offsets");
         assert_eq!(ks.state(), "fc:state");
         assert_eq!(partition_field("hr.teams", 2), "hr.teams/2");
+        assert_eq!(ks.ids(3, &e), "fc:g3:{employees}:_ids");
+        assert_eq!(ks.changes(3, &e), "fc:g3:{employees}:_changes");
+        assert_eq!(
+            ks.index(3, &e, "email", "a b@x"),
+            "fc:g3:{employees}:_ix:email:a%20b@x"
+        );
+        // Every derived key is removed with its generation.
+        let glob = ks.generation_pattern(3);
+        assert!(ks.changes(3, &e).starts_with(&glob[..glob.len() - 1]));
     }
 }

@@ -4,6 +4,7 @@
 //!   then `FOLDCACHE__SECTION__KEY` environment variables).
 //! - [`id`]: validated entity names and ids; nothing else ever becomes part of
 //!   a Redis key.
+//! - [`index`]: secondary indexes: field paths, index entries, values in keys.
 //! - [`keys`]: the Redis key scheme and the reserved meta fields of an entity
 //!   hash.
 //! - [`state`]: an entity's state as foldcache stores it (one hash field per
@@ -15,6 +16,7 @@
 
 pub mod config;
 pub mod id;
+pub mod index;
 pub mod keys;
 pub mod redis_client;
 pub mod runtime;

@@ -132,7 +132,7 @@ pub async fn run(
         epoch: epoch.to_owned(),
         generation,
         keys: deps.keys.clone(),
-        folder: Folder::new(deps.keys.clone()),
+        folder: Folder::from_config(deps.keys.clone(), config),
         dead: DeadLetters::new(
             kafka_client_config(config)
                 .set("linger.ms", "5")

@@ -201,11 +201,18 @@ fn not_modified_from(res: Response) -> Response {
     nm
 }
 
-/// A 304 with the 200's validators and caching headers, and no body.
+/// A 304 with the 200's validators and caching headers (and the
+/// `Preference-Applied` of a long-poll that timed out), and no body.
 fn not_modified(from: &HeaderMap) -> Response {
     let mut res = StatusCode::NOT_MODIFIED.into_response();
     let h = res.headers_mut();
-    for name in [ETAG, CACHE_CONTROL, VARY, LAST_MODIFIED] {
+    for name in [
+        ETAG,
+        CACHE_CONTROL,
+        VARY,
+        LAST_MODIFIED,
+        HeaderName::from_static("preference-applied"),
+    ] {
         for v in from.get_all(&name) {
             h.append(name.clone(), v.clone());
         }

@@ -74,6 +74,20 @@ pub enum ApiError {
         /// The limit in bytes.
         limit: usize,
     },
+    /// A cursor that this API did not issue (or issued for the other kind
+    /// of resource).
+    #[error("malformed cursor")]
+    BadCursor,
+    /// A cursor of a generation that was rebuilt away, of a cache life that
+    /// ended (Redis lost its data), or older than the change log keeps:
+    /// the client resyncs from the collection (`Link: rel="resync"`).
+    #[error("cursor gone")]
+    CursorGone {
+        /// Why, for the `detail`.
+        why: &'static str,
+        /// The collection to resync from (`/v1/{entity}`).
+        resync: String,
+    },
 }
 
 #[derive(Serialize)]
@@ -133,6 +147,8 @@ impl ApiError {
                 "headers-too-large",
                 "Request header fields too large",
             ),
+            ApiError::BadCursor => (StatusCode::BAD_REQUEST, "bad-cursor", "Malformed cursor"),
+            ApiError::CursorGone { .. } => (StatusCode::GONE, "cursor-gone", "Resync required"),
         }
     }
 
@@ -164,6 +180,15 @@ impl ApiError {
             ApiError::HeadersTooLarge { limit } => {
                 format!("the request's header fields exceed {limit} bytes")
             }
+            ApiError::BadCursor => {
+                "the cursor was not issued by this API for this resource; use the `next` link \
+                 as it was given"
+                    .into()
+            }
+            ApiError::CursorGone { why, resync } => format!(
+                "{why}; changes since this cursor cannot be listed: resync from {resync} and \
+                 follow the change feed from the cursor it starts with"
+            ),
         }
     }
 }
@@ -198,6 +223,11 @@ impl IntoResponse for ApiError {
             _ => {
                 h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
             }
+        }
+        if let ApiError::CursorGone { resync, .. } = &self
+            && let Ok(link) = HeaderValue::try_from(format!("<{resync}>; rel=\"resync\""))
+        {
+            h.insert(header::LINK, link);
         }
         if matches!(self, ApiError::MethodNotAllowed) {
             h.insert(header::ALLOW, HeaderValue::from_static("GET, HEAD"));

@@ -1,7 +1,13 @@
 //! foldcache query-api: HR entities from Redis over HTTP, with strong ETags,
 //! `Last-Modified`, per-entity `Cache-Control` and 304s.
 //!
-//! - [`routes`]: the handlers.
+//! - [`routes`]: the handlers of single lookups (and their long-polls).
+//! - [`collection`]: collection pages, index filters and batch lookups.
+//! - [`changes`]: the change feed, polled and as Server-Sent Events.
+//! - [`hub`]: one change-log tail per entity type, fanned out to streams
+//!   and long-polls.
+//! - [`cursor`]: opaque, generation-bound cursors.
+//! - [`prefer`]: `Prefer: wait`.
 //! - [`conditional`]: where `If-None-Match` and friends are evaluated.
 //! - [`cache_policy`]: `Cache-Control` per entity.
 //! - [`store`]: Redis reads and the cache-state poller (503, never a false
@@ -13,9 +19,14 @@
 
 pub mod auth;
 pub mod cache_policy;
+pub mod changes;
+pub mod collection;
 pub mod conditional;
+pub mod cursor;
 pub mod error;
+pub mod hub;
 pub mod local_cache;
+pub mod prefer;
 pub mod routes;
 pub mod store;
 
@@ -51,6 +62,26 @@ pub struct EntityPolicy {
     pub private_not_found_cache_control: HeaderValue,
     /// Freshness bound in ms (`None`: unbounded).
     pub max_staleness_ms: Option<i64>,
+    /// Secondary indexes (collection filters).
+    pub indexes: Vec<foldcache_common::index::IndexSpec>,
+}
+
+/// Page sizes of collections and change pages.
+#[derive(Debug, Clone, Copy)]
+pub struct PageLimits {
+    /// Without `limit`.
+    pub default_limit: usize,
+    /// The largest `limit` accepted.
+    pub max_limit: usize,
+}
+
+/// Server-Sent Events settings.
+#[derive(Debug, Clone, Copy)]
+pub struct SseSettings {
+    /// Idle time before a heartbeat comment.
+    pub heartbeat: Duration,
+    /// Events queued per connection at most.
+    pub buffer_events: usize,
 }
 
 /// Shared state of the handlers: one `Arc`, so the per-request clone axum
@@ -80,6 +111,18 @@ pub struct App {
     pub surrogate: Option<(HeaderName, bool)>,
     /// Callers, grants and views.
     pub auth: Arc<auth::Auth>,
+    /// Change-log tails for event streams and long-polls.
+    pub hub: hub::Hub,
+    /// Page sizes.
+    pub pages: PageLimits,
+    /// Longest `Prefer: wait` honoured, in seconds.
+    pub max_wait_secs: u64,
+    /// Event streams.
+    pub sse: SseSettings,
+    /// `true` once the server shuts down: event streams and long-polls end
+    /// so that in-flight requests can finish.
+    pub closing: tokio::sync::watch::Receiver<bool>,
+    closer: tokio::sync::watch::Sender<bool>,
 }
 
 impl AppState {
@@ -105,6 +148,7 @@ impl AppState {
                         ),
                         max_staleness_ms: (e.freshness_secs > 0)
                             .then(|| e.freshness_secs.saturating_mul(1000) as i64),
+                        indexes: e.index_specs(),
                     },
                 )
             })
@@ -117,14 +161,32 @@ impl AppState {
                 let commas = name.as_str().eq_ignore_ascii_case("cache-tag");
                 (name, commas)
             });
+        let (closer, closing) = tokio::sync::watch::channel(false);
         Self(Arc::new(App {
+            hub: hub::Hub::new(store.clone(), config.http.sse_buffer_events),
             store,
             entities: Arc::new(entities),
             retry_after: config.http.retry_after_secs,
             max_batch_ids: config.http.max_batch_ids,
             surrogate,
             auth: Arc::new(auth::Auth::new(config)),
+            pages: PageLimits {
+                default_limit: config.http.default_page_limit,
+                max_limit: config.http.max_page_limit,
+            },
+            max_wait_secs: config.http.max_wait_secs,
+            sse: SseSettings {
+                heartbeat: Duration::from_secs(config.http.sse_heartbeat_secs),
+                buffer_events: config.http.sse_buffer_events,
+            },
+            closing,
+            closer,
         }))
+    }
+
+    /// Ends every event stream and long-poll (the server is shutting down).
+    pub fn close(&self) {
+        self.closer.send_replace(true);
     }
 
     /// Cache tags of a response about `ids` of `entity`: the entity type and
@@ -151,8 +213,9 @@ impl AppState {
 /// final encoding), compression, handlers.
 pub fn router(state: AppState, compression: bool) -> Router {
     let mut app = Router::new()
+        .route("/v1/{entity}/changes", get(changes::get_changes))
         .route("/v1/{entity}/{id}", get(routes::get_entity))
-        .route("/v1/{entity}", get(routes::get_batch))
+        .route("/v1/{entity}", get(collection::get_collection))
         .route("/healthz", get(routes::healthz))
         .route("/readyz", get(routes::readyz))
         .route("/openapi.json", get(routes::openapi))
@@ -175,17 +238,20 @@ pub fn router(state: AppState, compression: bool) -> Router {
 /// Largest header section accepted, in bytes (names + values).
 pub const MAX_HEADER_BYTES: usize = 16 * 1024;
 
-const ROUTES: [&str; 7] = [
+const ROUTES: [&str; 8] = [
     "/v1/{entity}/{id}",
     "/v1/{entity}",
+    "/v1/{entity}/changes",
     "/healthz",
     "/readyz",
     "/openapi.json",
     "other",
     "unmatched",
 ];
-const STATUSES: [u16; 13] = [
-    200, 304, 400, 401, 403, 404, 405, 412, 429, 431, 500, 503, 0,
+/// Route templates a request can match (the others are labels).
+const MATCHED_ROUTES: usize = 6;
+const STATUSES: [u16; 14] = [
+    200, 304, 400, 401, 403, 404, 405, 410, 412, 429, 431, 500, 503, 0,
 ];
 
 /// Metric handles, registered once per (route, method, status) instead of
@@ -259,10 +325,10 @@ async fn track_metrics(req: Request, next: Next) -> Response {
         .extensions()
         .get::<MatchedPath>()
         .map_or(ROUTES.len() - 1, |p| {
-            ROUTES[..5]
+            ROUTES[..MATCHED_ROUTES]
                 .iter()
                 .position(|r| *r == p.as_str())
-                .unwrap_or(5)
+                .unwrap_or(MATCHED_ROUTES)
         });
     let res = next.run(req).await;
     count_request(route, head, res.status(), start.elapsed());
@@ -318,7 +384,19 @@ pub async fn serve(
             "auth: no [[auth.tokens]] configured; every entity is served to anyone with its full view"
         );
     }
-    let app = router(AppState::new(store, config), config.http.compression);
+    let state = AppState::new(store, config);
+    let app = router(state.clone(), config.http.compression);
+    // On shutdown, end event streams and long-polls first: graceful
+    // shutdown waits for in-flight requests, and those would never finish.
+    let mut closing = state.closing.clone();
+    let closer = state.clone();
+    tokio::spawn(async move {
+        shutdown.await;
+        closer.close();
+    });
+    let shutdown = async move {
+        let _ = closing.wait_for(|c| *c).await;
+    };
     let result = match &config.http.tls {
         None => {
             tracing::info!(addr = %listener.local_addr()?, "query-api listening (HTTP)");

@@ -293,7 +293,11 @@ impl LocalCache {
                 Value::Nil => self.clear(),
                 Value::Array(keys) => {
                     for k in keys {
-                        if let Value::BulkString(b) = k {
+                        // Derived keys (`{prefix}:g{gen}:{entity}:_...`:
+                        // ids, change log, indexes) are never cached.
+                        if let Value::BulkString(b) = k
+                            && !b.contains(&b'{')
+                        {
                             self.invalidate_key(&String::from_utf8_lossy(b));
                         }
                     }

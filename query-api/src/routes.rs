@@ -12,29 +12,40 @@ use crate::conditional::Validators;
 use crate::error::ApiError;
 use crate::store::{Entity, Lookup};
 use axum::extract::rejection::PathRejection;
-use axum::extract::{Path, RawQuery, State};
+use axum::extract::{Path, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use foldcache_common::id::{EntityId, EntityName};
 use foldcache_common::state::etag_of;
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 /// `GET /v1/{entity}/{id}` (HEAD is served by the same handler; axum drops
 /// the body).
 pub async fn get_entity(
     State(app): State<AppState>,
     Authenticated(caller): Authenticated,
+    long_poll: LongPoll,
     path: Result<Path<(String, String)>, PathRejection>,
 ) -> Result<Response, ApiError> {
     let Path((entity, id)) = path.map_err(|e| ApiError::BadRequest(path_problem(&e)))?;
     let (name, policy) = entity_policy(&app, &entity)?;
     let view = caller.view(name.as_str())?;
     let id = EntityId::parse(&id).map_err(|e| ApiError::InvalidId(e.to_string()))?;
-    let lookup = app
+    let mut lookup = app
         .store
         .get(&name, &id, policy.max_staleness_ms, view)
         .await
         .map_err(|e| unavailable(&app, &name, &e))?;
+    let mut applied = None;
+    if let LongPoll(Some((secs, inm))) = long_poll {
+        let wait = Duration::from_secs(secs.min(app.max_wait_secs));
+        applied = Some(wait);
+        if let Lookup::Found(e) = &lookup
+            && client_has(&inm, &e.validators.etag)
+        {
+            lookup = wait_for_change(&app, &name, &id, policy, view, &inm, wait).await?;
+        }
+    }
     let entity = match lookup {
         Lookup::Found(e) => e,
         Lookup::NotFound => return Err(not_found(&app, policy, &caller)),
@@ -45,14 +56,109 @@ pub async fn get_entity(
         }
     };
     let tags = app.surrogate_keys(&name, std::slice::from_ref(&id));
-    Ok(representation(
+    let mut res = representation(
         &app,
         policy,
         &caller,
         entity.body.clone(),
         entity.validators.clone(),
         tags,
-    ))
+    );
+    if let Some(wait) = applied {
+        res.headers_mut()
+            .insert(PREFERENCE_APPLIED, crate::prefer::preference_applied(wait));
+    }
+    Ok(res)
+}
+
+/// `Preference-Applied` (RFC 7240).
+pub(crate) const PREFERENCE_APPLIED: header::HeaderName =
+    header::HeaderName::from_static("preference-applied");
+
+/// A long-poll: `Prefer: wait=N` (seconds) with an `If-None-Match`. Only
+/// the `Prefer` header is looked up on the common path.
+#[derive(Debug)]
+pub struct LongPoll(Option<(u64, headers::IfNoneMatch)>);
+
+impl<S: Send + Sync> axum::extract::FromRequestParts<S> for LongPoll {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(
+        parts: &mut http::request::Parts,
+        _: &S,
+    ) -> Result<Self, Self::Rejection> {
+        use headers::HeaderMapExt;
+        if !parts.headers.contains_key("prefer") {
+            return Ok(Self(None));
+        }
+        let Some(secs) = crate::prefer::wait_secs(&parts.headers) else {
+            return Ok(Self(None));
+        };
+        Ok(Self(
+            parts
+                .headers
+                .typed_try_get::<headers::IfNoneMatch>()
+                .ok()
+                .flatten()
+                .map(|inm| (secs, inm)),
+        ))
+    }
+}
+
+/// Whether `inm` matches the entity's tag in any content coding (the client
+/// holds the current representation).
+fn client_has(inm: &headers::IfNoneMatch, etag: &str) -> bool {
+    ["", "-gzip", "-br", "-zstd"].iter().any(|coding| {
+        format!("\"{etag}{coding}\"")
+            .parse::<headers::ETag>()
+            .is_ok_and(|t| !inm.precondition_passes(&t))
+    })
+}
+
+/// Waits until the entity no longer matches `inm` (changed, deleted, or
+/// the cache stopped serving) or `wait` passes; returns the lookup to
+/// answer with (the unchanged entity on time-out: the conditional layer
+/// turns it into a 304).
+async fn wait_for_change(
+    app: &AppState,
+    name: &EntityName,
+    id: &EntityId,
+    policy: &EntityPolicy,
+    view: &std::sync::Arc<crate::auth::View>,
+    inm: &headers::IfNoneMatch,
+    wait: Duration,
+) -> Result<Lookup, ApiError> {
+    let deadline = tokio::time::Instant::now() + wait;
+    let Some(feed) = app.hub.feed(name, wait.min(Duration::from_secs(5))).await else {
+        return Err(ApiError::NotReady {
+            retry_after: app.retry_after,
+        });
+    };
+    let mut closing = app.closing.clone();
+    loop {
+        // Register before reading: a change after the read wakes us.
+        let waiter = feed.wait_on(id.as_str());
+        let woken = waiter.notify().notified();
+        tokio::pin!(woken);
+        woken.as_mut().enable();
+        let lookup = app
+            .store
+            .get_uncached(name, id, policy.max_staleness_ms, view)
+            .await
+            .map_err(|e| unavailable(app, name, &e))?;
+        let current = match &lookup {
+            Lookup::Found(e) => client_has(inm, &e.validators.etag),
+            _ => false,
+        };
+        if !current {
+            return Ok(lookup);
+        }
+        tokio::select! {
+            _ = &mut woken => {}
+            _ = tokio::time::sleep_until(deadline) => return Ok(lookup),
+            _ = closing.wait_for(|c| *c) => return Ok(lookup),
+        }
+    }
 }
 
 /// `GET /v1/{entity}?id=a&id=b`: several entities in one response, a JSON
@@ -61,23 +167,23 @@ pub async fn get_entity(
 /// `Last-Modified`: the newest member's date moves backwards when that
 /// member is deleted, and an `If-Modified-Since` would then answer 304 for
 /// a body that changed.
-pub async fn get_batch(
-    State(app): State<AppState>,
-    Authenticated(caller): Authenticated,
-    Path(entity): Path<String>,
-    RawQuery(query): RawQuery,
+pub(crate) async fn get_batch(
+    app: &AppState,
+    caller: &Caller,
+    name: EntityName,
+    policy: &EntityPolicy,
+    params: &[(String, String)],
 ) -> Result<Response, ApiError> {
-    let (name, policy) = entity_policy(&app, &entity)?;
     let view = caller.view(name.as_str())?;
     let mut ids = Vec::new();
-    for (k, v) in form_urlencoded::parse(query.as_deref().unwrap_or("").as_bytes()) {
+    for (k, v) in params {
         if k != "id" {
             return Err(ApiError::BadRequest(format!(
-                "unknown query parameter {:?}",
-                truncate(&k)
+                "unknown query parameter {:?} (a batch lookup takes only id)",
+                truncate(k)
             )));
         }
-        ids.push(EntityId::parse(&v).map_err(|e| ApiError::InvalidId(e.to_string()))?);
+        ids.push(EntityId::parse(v).map_err(|e| ApiError::InvalidId(e.to_string()))?);
     }
     ids.sort();
     ids.dedup();
@@ -96,7 +202,7 @@ pub async fn get_batch(
         .store
         .get_many(&name, &ids, policy.max_staleness_ms, view)
         .await
-        .map_err(|e| unavailable(&app, &name, &e))?
+        .map_err(|e| unavailable(app, &name, &e))?
     {
         Some(found) => found,
         None => {
@@ -109,9 +215,9 @@ pub async fn get_batch(
     let etag = etag_of(&body);
     let tags = app.surrogate_keys(&name, &ids);
     Ok(representation(
-        &app,
+        app,
         policy,
-        &caller,
+        caller,
         body.into(),
         Validators::new(etag, None),
         tags,
@@ -140,13 +246,13 @@ fn batch_body(ids: &[EntityId], found: &[Option<Entity>]) -> Vec<u8> {
 /// Whether this caller's responses are kept out of shared caches: a token
 /// holder's, unless the operator opted in to shared caches keyed on
 /// `Authorization`.
-fn private_audience(app: &AppState, caller: &Caller) -> bool {
+pub(crate) fn private_audience(app: &AppState, caller: &Caller) -> bool {
     caller.authenticated && !app.auth.shared_cache
 }
 
 /// `Vary` of every response about an entity (200, 304, 404): once tokens
 /// are configured the answer depends on `Authorization`.
-fn vary(app: &AppState) -> HeaderValue {
+pub(crate) fn vary(app: &AppState) -> HeaderValue {
     HeaderValue::from_static(if app.auth.enabled {
         "Accept-Encoding, Authorization"
     } else {
@@ -157,7 +263,7 @@ fn vary(app: &AppState) -> HeaderValue {
 /// The 404 for a missing entity, cached like the entity's 200 for the same
 /// caller: a token holder's is `private`, so no shared cache hands it to
 /// someone who would get a 401 or 403.
-fn not_found(app: &AppState, policy: &EntityPolicy, caller: &Caller) -> ApiError {
+pub(crate) fn not_found(app: &AppState, policy: &EntityPolicy, caller: &Caller) -> ApiError {
     let cache_control = if private_audience(app, caller) {
         &policy.private_not_found_cache_control
     } else {
@@ -173,7 +279,7 @@ fn not_found(app: &AppState, policy: &EntityPolicy, caller: &Caller) -> ApiError
 /// `Cache-Control` for anonymous callers, `private` for token holders
 /// (unless the operator opted in to shared caches keyed on
 /// `Authorization`).
-fn representation(
+pub(crate) fn representation(
     app: &AppState,
     policy: &EntityPolicy,
     caller: &Caller,
@@ -205,7 +311,7 @@ fn representation(
     res
 }
 
-fn entity_policy<'a>(
+pub(crate) fn entity_policy<'a>(
     app: &'a AppState,
     entity: &str,
 ) -> Result<(EntityName, &'a EntityPolicy), ApiError> {
@@ -217,7 +323,7 @@ fn entity_policy<'a>(
     Ok((name, policy))
 }
 
-fn unavailable(app: &AppState, entity: &EntityName, e: &redis::RedisError) -> ApiError {
+pub(crate) fn unavailable(app: &AppState, entity: &EntityName, e: &redis::RedisError) -> ApiError {
     tracing::error!(error = %e, %entity, "Redis lookup failed");
     ApiError::Unavailable {
         retry_after: app.retry_after,
@@ -265,6 +371,6 @@ fn path_problem(e: &PathRejection) -> String {
     format!("malformed path: {}", e.body_text())
 }
 
-fn truncate(s: &str) -> String {
+pub(crate) fn truncate(s: &str) -> String {
     s.chars().take(40).collect()
 }

@@ -8,10 +8,11 @@
 
 use crate::auth::View;
 use crate::conditional::Validators;
+use crate::cursor::{Scope, StreamPos, epoch_tag};
 use crate::local_cache::LocalCache;
 use foldcache_common::id::{EntityId, EntityName};
 use foldcache_common::keys::{
-    InstanceBeat, KeySpace, META_ETAG, META_MODIFIED_MS, META_PREFIX, state_field,
+    InstanceBeat, KeySpace, META_ETAG, META_INDEX, META_MODIFIED_MS, META_PREFIX, state_field,
 };
 use foldcache_common::runtime::now_ms;
 use foldcache_common::state::assemble_body;
@@ -25,6 +26,8 @@ use tokio::sync::watch;
 pub struct CacheView {
     /// Whether a marker exists at all (absent: Redis is empty).
     pub present: bool,
+    /// A short tag of the cache epoch (see [`crate::cursor::epoch_tag`]).
+    pub epoch_tag: String,
     /// Generation to read.
     pub live_gen: u64,
     /// Caught up at least once.
@@ -59,6 +62,7 @@ pub enum Lookup {
 /// Redis-backed entity reads.
 #[derive(Clone)]
 pub struct Store {
+    client: redis::Client,
     keys: KeySpace,
     local: Option<Arc<LocalCache>>,
     con: ConnectionManager,
@@ -77,9 +81,10 @@ impl std::fmt::Debug for Store {
 impl Store {
     /// Connects (the connection manager reconnects by itself afterwards).
     pub async fn connect(client: redis::Client, keys: KeySpace) -> redis::RedisResult<Self> {
-        let con = ConnectionManager::new(client).await?;
+        let con = ConnectionManager::new(client.clone()).await?;
         let (view_tx, view) = watch::channel(CacheView::default());
         let store = Self {
+            client,
             keys,
             local: None,
             con,
@@ -132,6 +137,7 @@ impl Store {
             .collect();
         let view = CacheView {
             present: epoch.is_some(),
+            epoch_tag: epoch.as_deref().map(epoch_tag).unwrap_or_default(),
             live_gen: gen_.unwrap_or(0),
             ready: epoch.is_some() && ready.as_deref() == Some("1") && verified,
             fresh_ms: InstanceBeat::pipeline_fresh_ms(&beats, now_ms()),
@@ -179,6 +185,21 @@ impl Store {
     /// The marker as last read.
     pub fn view(&self) -> CacheView {
         self.view.borrow().clone()
+    }
+
+    /// Notified whenever the marker changes.
+    pub fn watch_view(&self) -> watch::Receiver<CacheView> {
+        self.view.clone()
+    }
+
+    /// The client (for connections of their own: blocking reads).
+    pub fn client(&self) -> &redis::Client {
+        &self.client
+    }
+
+    /// The key scheme.
+    pub fn keys(&self) -> &KeySpace {
+        &self.keys
     }
 
     /// Whether Redis answers.
@@ -294,6 +315,282 @@ fn run_id(info: &str) -> Option<&str> {
     info.lines()
         .find_map(|l| l.strip_prefix("run_id:"))
         .map(str::trim)
+}
+
+impl CacheView {
+    /// The cache life and generation cursors are tied to.
+    pub fn scope(&self) -> Scope {
+        Scope {
+            epoch_tag: self.epoch_tag.clone(),
+            generation: self.live_gen,
+        }
+    }
+
+    /// Whether reads may be answered (ready, and fresh within the bound).
+    pub fn serves(&self, max_staleness_ms: Option<i64>) -> bool {
+        self.ready && !stale(self, max_staleness_ms)
+    }
+}
+
+/// Reads one page of ids and their hashes, atomically: `ZRANGE BYLEX` over
+/// the ids (or an index's ids) and `HGETALL` of each.
+const PAGE_LUA: &str = r"
+-- KEYS[1] sorted set of ids; ARGV[1] ZRANGE start ('-' or '(' .. id),
+-- ARGV[2] page size, ARGV[3] entity key prefix. One id more than the page
+-- is listed (whether another page follows); its hash is not read.
+local n = tonumber(ARGV[2])
+local ids = redis.call('ZRANGE', KEYS[1], ARGV[1], '+', 'BYLEX', 'LIMIT', 0, n + 1)
+local hashes = {}
+for i, id in ipairs(ids) do
+  if i <= n then hashes[i] = redis.call('HGETALL', ARGV[3] .. id) end
+end
+return {ids, hashes}
+";
+
+/// Reads a change log after a position, atomically with the states its
+/// upserts name and with what the log has lost to trimming.
+const CHANGES_LUA: &str = r"
+-- KEYS[1] change log; ARGV[1] exclusive start id, ARGV[2] how many,
+-- ARGV[3] entity key prefix
+if redis.call('EXISTS', KEYS[1]) == 0 then return {'0-0', '0-0', {}, {}} end
+local info = redis.call('XINFO', 'STREAM', KEYS[1])
+local maxdel, last = '0-0', '0-0'
+for i = 1, #info, 2 do
+  if info[i] == 'max-deleted-entry-id' then maxdel = info[i + 1]
+  elseif info[i] == 'last-generated-id' then last = info[i + 1] end
+end
+local entries = {}
+if tonumber(ARGV[2]) > 0 then
+  entries = redis.call('XRANGE', KEYS[1], '(' .. ARGV[1], '+', 'COUNT', tonumber(ARGV[2]))
+end
+local states, seen = {}, {}
+for i, e in ipairs(entries) do
+  local f = e[2]
+  local id, op
+  for j = 1, #f, 2 do
+    if f[j] == 'id' then id = f[j + 1] elseif f[j] == 'op' then op = f[j + 1] end
+  end
+  if op == 'u' and id then
+    if seen[id] == nil then seen[id] = redis.call('HGETALL', ARGV[3] .. id) end
+    states[i] = seen[id]
+  else
+    states[i] = {}
+  end
+end
+return {maxdel, last, entries, states}
+";
+
+/// Which ids a page walks.
+#[derive(Debug, Clone)]
+pub enum PageSource {
+    /// Every id of the entity type.
+    All,
+    /// The ids holding `value` in index `index`.
+    Index {
+        /// The index name.
+        index: String,
+        /// The filter value.
+        value: String,
+    },
+}
+
+/// One page of a collection, as read from Redis.
+#[derive(Debug)]
+pub struct Page {
+    /// The entities of the page that exist, in order, with their stored
+    /// hashes (meta fields included).
+    pub items: Vec<(EntityId, Vec<(String, String)>)>,
+    /// The last id walked, when more ids follow (the next page's cursor).
+    pub more_after: Option<EntityId>,
+    /// Ids listed whose hash was gone (expired, or a generation being
+    /// removed): the caller confirms the generation before trusting the
+    /// page.
+    pub missing: usize,
+}
+
+/// What a change log holds after a position.
+#[derive(Debug)]
+pub struct ChangesRead {
+    /// The newest entry the log ever removed by trimming (`0-0`: none): a
+    /// cursor below it has missed changes.
+    pub max_deleted: StreamPos,
+    /// The newest entry ever written (the tail).
+    pub last: StreamPos,
+    /// The entries read, oldest first.
+    pub entries: Vec<ChangeEntry>,
+}
+
+/// One change log entry, with the state it names as it is now.
+#[derive(Debug, Clone)]
+pub struct ChangeEntry {
+    /// Its position.
+    pub pos: StreamPos,
+    /// The entity.
+    pub id: EntityId,
+    /// What happened.
+    pub op: ChangeOp,
+}
+
+/// What a change did.
+#[derive(Debug, Clone)]
+pub enum ChangeOp {
+    /// The entity got this state (its stored hash, meta fields included).
+    Upsert(Arc<Vec<(String, String)>>),
+    /// The entity was deleted.
+    Delete,
+    /// An upsert whose state has changed again since (a later entry holds
+    /// it) or is gone: it carries nothing a client needs.
+    Superseded,
+}
+
+impl Store {
+    /// One page of `entity`'s ids after `after` (at most `limit`) in
+    /// generation `generation`, with their hashes, read atomically. Ids
+    /// whose hash is gone, and, for an index, whose state no longer holds
+    /// the value, are left out (the next fold removes such entries).
+    pub async fn page(
+        &self,
+        generation: u64,
+        entity: &EntityName,
+        source: &PageSource,
+        after: Option<&EntityId>,
+        limit: usize,
+    ) -> redis::RedisResult<Page> {
+        let (key, entry) = match source {
+            PageSource::All => (self.keys.ids(generation, entity), None),
+            PageSource::Index { index, value } => (
+                self.keys.index(generation, entity, index, value),
+                Some(foldcache_common::index::entry(index, value)),
+            ),
+        };
+        let start = after.map_or_else(|| "-".to_owned(), |id| format!("({id}"));
+        let (ids, hashes): (Vec<String>, Vec<Vec<(String, String)>>) = redis::Script::new(PAGE_LUA)
+            .key(key)
+            .arg(start)
+            .arg(limit)
+            .arg(self.keys.entity_prefix(generation, entity))
+            .invoke_async(&mut self.con.clone())
+            .await?;
+        let more = ids.len() > limit;
+        let mut items = Vec::with_capacity(limit.min(ids.len()));
+        let mut last = None;
+        let mut missing = 0;
+        for (id, hash) in ids.into_iter().zip(hashes).take(limit) {
+            let Ok(id) = EntityId::parse(&id) else {
+                continue;
+            };
+            last = Some(id.clone());
+            if hash.is_empty() {
+                missing += 1;
+                continue;
+            }
+            if let Some(entry) = &entry {
+                let holds = hash
+                    .iter()
+                    .find(|(k, _)| k == META_INDEX)
+                    .is_some_and(|(_, v)| v.split('\n').any(|e| e == entry));
+                if !holds {
+                    continue;
+                }
+            }
+            items.push((id, hash));
+        }
+        Ok(Page {
+            items,
+            more_after: if more { last } else { None },
+            missing,
+        })
+    }
+
+    /// The change log of `entity` in `generation` after `after`: at most
+    /// `limit` entries (0: only the log's bounds), each with the state it
+    /// names as it is now, read atomically.
+    pub async fn changes(
+        &self,
+        generation: u64,
+        entity: &EntityName,
+        after: StreamPos,
+        limit: usize,
+    ) -> redis::RedisResult<ChangesRead> {
+        type Raw = (
+            String,
+            String,
+            Vec<(String, Vec<(String, String)>)>,
+            Vec<Vec<(String, String)>>,
+        );
+        let (maxdel, last, entries, states): Raw = redis::Script::new(CHANGES_LUA)
+            .key(self.keys.changes(generation, entity))
+            .arg(after.to_string())
+            .arg(limit)
+            .arg(self.keys.entity_prefix(generation, entity))
+            .invoke_async(&mut self.con.clone())
+            .await?;
+        let mut out = Vec::with_capacity(entries.len());
+        for ((pos, fields), state) in entries.into_iter().zip(states) {
+            let Some(pos) = StreamPos::parse(&pos) else {
+                continue;
+            };
+            let field = |name: &str| {
+                fields
+                    .iter()
+                    .find(|(k, _)| k == name)
+                    .map(|(_, v)| v.as_str())
+            };
+            let Some(id) = field("id").and_then(|id| EntityId::parse(id).ok()) else {
+                continue;
+            };
+            let op = match field("op") {
+                Some("d") => ChangeOp::Delete,
+                Some("u") => {
+                    let logged = field("etag").unwrap_or("");
+                    let now = state
+                        .iter()
+                        .find(|(k, _)| k == META_ETAG)
+                        .map(|(_, v)| v.as_str());
+                    if now == Some(logged) {
+                        ChangeOp::Upsert(Arc::new(state))
+                    } else {
+                        ChangeOp::Superseded
+                    }
+                }
+                _ => continue,
+            };
+            out.push(ChangeEntry { pos, id, op });
+        }
+        Ok(ChangesRead {
+            max_deleted: StreamPos::parse(&maxdel).unwrap_or_default(),
+            last: StreamPos::parse(&last).unwrap_or_default(),
+            entries: out,
+        })
+    }
+
+    /// Looks up one entity in Redis, never in the in-process cache (whose
+    /// invalidation may trail a change the change feed already announced).
+    pub async fn get_uncached(
+        &self,
+        entity: &EntityName,
+        id: &EntityId,
+        max_staleness_ms: Option<i64>,
+        view: &View,
+    ) -> redis::RedisResult<Lookup> {
+        let state = self.view();
+        if !state.serves(max_staleness_ms) {
+            return Ok(Lookup::NotReady);
+        }
+        let key = self.keys.entity(state.live_gen, entity, id);
+        self.read(&key, &state, entity, max_staleness_ms, view)
+            .await
+    }
+
+    /// Re-reads the marker: whether `generation` is still live and served.
+    pub async fn still_serves(
+        &self,
+        generation: u64,
+        max_staleness_ms: Option<i64>,
+    ) -> redis::RedisResult<bool> {
+        let now = self.refresh().await?;
+        Ok(now.live_gen == generation && now.serves(max_staleness_ms))
+    }
 }
 
 fn stale(view: &CacheView, max_staleness_ms: Option<i64>) -> bool {

@@ -35,6 +35,18 @@ const MAX_BATCH_IDS: usize = 1000;
 const MIN_ADMIN_TOKEN_LEN: usize = 16;
 /// Longest token name: it appears in logs and as a metrics label.
 const MAX_TOKEN_NAME_LEN: usize = 64;
+/// Most items per page: each is one hash read inside one Redis script.
+const MAX_PAGE_LIMIT: usize = 10_000;
+/// Longest `Prefer: wait` honoured: proxies and load balancers cut idle
+/// requests long before an hour.
+const MAX_WAIT_SECS: u64 = 3600;
+/// Longest SSE heartbeat interval: proxies close idle connections after a
+/// minute or a few.
+const MAX_SSE_HEARTBEAT_SECS: u64 = 300;
+/// Smallest SSE buffer: a burst of one fold batch must fit.
+const MIN_SSE_BUFFER_EVENTS: usize = 16;
+/// Query parameters of a collection that no index may take as its name.
+const RESERVED_FILTER_NAMES: [&str; 4] = ["id", "limit", "cursor", "since"];
 
 /// `[kafka.client]` properties foldcache sets itself, with why an operator
 /// value would hurt.
@@ -107,6 +119,7 @@ pub(super) fn check(c: &Config) -> Result<(), ConfigError> {
     sources(c)?;
     entities(c)?;
     views(c)?;
+    indexes_and_changes(c)?;
     auth(c)
 }
 
@@ -373,6 +386,54 @@ fn http(c: &Config) -> Result<(), ConfigError> {
             format!("must be between 1 and {MAX_BATCH_IDS}: 0 refuses every batch lookup"),
         ));
     }
+    if h.max_page_limit == 0 || h.max_page_limit > MAX_PAGE_LIMIT {
+        return Err(reject(
+            "http.max_page_limit",
+            h.max_page_limit,
+            format!(
+                "must be between 1 and {MAX_PAGE_LIMIT}: each item is one hash read of the same request"
+            ),
+        ));
+    }
+    if h.default_page_limit == 0 || h.default_page_limit > h.max_page_limit {
+        return Err(reject(
+            "http.default_page_limit",
+            h.default_page_limit,
+            format!(
+                "must be between 1 and http.max_page_limit ({})",
+                h.max_page_limit
+            ),
+        ));
+    }
+    if h.max_wait_secs == 0 || h.max_wait_secs > MAX_WAIT_SECS {
+        return Err(reject(
+            "http.max_wait_secs",
+            h.max_wait_secs,
+            format!(
+                "must be between 1 and {MAX_WAIT_SECS}: proxies cut requests that stay idle longer"
+            ),
+        ));
+    }
+    if h.sse_heartbeat_secs == 0 || h.sse_heartbeat_secs > MAX_SSE_HEARTBEAT_SECS {
+        return Err(reject(
+            "http.sse_heartbeat_secs",
+            h.sse_heartbeat_secs,
+            format!(
+                "must be between 1 and {MAX_SSE_HEARTBEAT_SECS}: proxies close event streams that \
+                 stay silent longer, and clients cannot tell a quiet feed from a dead one"
+            ),
+        ));
+    }
+    if h.sse_buffer_events < MIN_SSE_BUFFER_EVENTS {
+        return Err(reject(
+            "http.sse_buffer_events",
+            h.sse_buffer_events,
+            format!(
+                "must be at least {MIN_SSE_BUFFER_EVENTS}: one fold batch would disconnect every \
+                 event-stream client"
+            ),
+        ));
+    }
     let header = h.surrogate_key_header.trim();
     if !header.is_empty() {
         let lower = header.to_ascii_lowercase();
@@ -556,6 +617,50 @@ fn views(c: &Config) -> Result<(), ConfigError> {
                     format!("field {f:?}: names starting with {META_PREFIX:?} are reserved"),
                 ));
             }
+        }
+    }
+    Ok(())
+}
+
+fn indexes_and_changes(c: &Config) -> Result<(), ConfigError> {
+    for (name, e) in &c.entities {
+        for (index, ix) in &e.indexes {
+            let key = format!("entities.{name}.indexes.{index}");
+            if EntityName::parse(index).is_err() {
+                return Err(reject(
+                    key,
+                    "{..}",
+                    "an index name is lower-case letters, digits or '_', starting with a letter \
+                     (it is the collection's filter parameter)",
+                ));
+            }
+            if RESERVED_FILTER_NAMES.contains(&index.as_str()) {
+                return Err(reject(
+                    key,
+                    "{..}",
+                    format!(
+                        "is a query parameter of every collection ({}); name the index otherwise",
+                        RESERVED_FILTER_NAMES.join(", ")
+                    ),
+                ));
+            }
+            let path = crate::index::FieldPath::parse(&ix.field)
+                .map_err(|why| reject(format!("{key}.field"), quoted(&ix.field), why))?;
+            if path.top().starts_with(META_PREFIX) {
+                return Err(reject(
+                    format!("{key}.field"),
+                    quoted(&ix.field),
+                    format!("names starting with {META_PREFIX:?} are reserved"),
+                ));
+            }
+        }
+        if e.changes_max_len == 0 && e.changes_max_age_secs == 0 {
+            return Err(reject(
+                format!("entities.{name}.changes_max_len"),
+                0,
+                "with changes_max_age_secs = 0 too, the change log would grow without bound; \
+                 bound it by length, by time or both",
+            ));
         }
     }
     Ok(())
@@ -1049,6 +1154,96 @@ mod tests {
             "{line}"
         );
         assert!(!line.contains(short));
+    }
+
+    #[test]
+    fn indexes_page_limits_waits_and_change_retention() {
+        assert_refused(
+            |c| {
+                c.entities.get_mut("employees").unwrap().indexes.insert(
+                    "limit".into(),
+                    crate::config::IndexConfig {
+                        field: "x".into(),
+                        unique: false,
+                    },
+                );
+            },
+            "entities.employees.indexes.limit",
+            "query parameter",
+        );
+        assert_refused(
+            |c| {
+                c.entities.get_mut("employees").unwrap().indexes.insert(
+                    "Team".into(),
+                    crate::config::IndexConfig {
+                        field: "x".into(),
+                        unique: false,
+                    },
+                );
+            },
+            "entities.employees.indexes.Team",
+            "lower-case",
+        );
+        assert_refused(
+            |c| {
+                c.entities.get_mut("teams").unwrap().indexes.insert(
+                    "p".into(),
+                    crate::config::IndexConfig {
+                        field: "a[0]".into(),
+                        unique: false,
+                    },
+                );
+            },
+            "entities.teams.indexes.p.field = \"a[0]\"",
+            "[]",
+        );
+        assert_refused(
+            |c| {
+                c.entities.get_mut("teams").unwrap().indexes.insert(
+                    "p".into(),
+                    crate::config::IndexConfig {
+                        field: "_fc:etag".into(),
+                        unique: false,
+                    },
+                );
+            },
+            "entities.teams.indexes.p.field",
+            "reserved",
+        );
+        assert_refused(
+            |c| {
+                let e = c.entities.get_mut("teams").unwrap();
+                e.changes_max_len = 0;
+                e.changes_max_age_secs = 0;
+            },
+            "entities.teams.changes_max_len = 0",
+            "without bound",
+        );
+        assert_refused(
+            |c| c.http.max_page_limit = 0,
+            "http.max_page_limit = 0",
+            "between",
+        );
+        assert_refused(
+            |c| c.http.default_page_limit = 2000,
+            "http.default_page_limit = 2000",
+            "max_page_limit",
+        );
+        assert_refused(
+            |c| c.http.max_wait_secs = 0,
+            "http.max_wait_secs = 0",
+            "between",
+        );
+        assert_refused(
+            |c| c.http.sse_heartbeat_secs = 0,
+            "http.sse_heartbeat_secs = 0",
+            "between",
+        );
+        assert_refused(
+            |c| c.http.sse_buffer_events = 1,
+            "http.sse_buffer_events = 1",
+            "at least",
+        );
     }
 
     #[test]
