@@ -470,7 +470,8 @@ impl Store {
             .arg(limit)
             .arg(self.keys.entity_prefix(generation, entity))
             .invoke_async(&mut self.con.clone())
-            .await?;
+            .await
+            .inspect_err(|_| self.distrust())?;
         let more = ids.len() > limit;
         let mut items = Vec::with_capacity(limit.min(ids.len()));
         let mut last = None;
@@ -524,7 +525,8 @@ impl Store {
             .arg(limit)
             .arg(self.keys.entity_prefix(generation, entity))
             .invoke_async(&mut self.con.clone())
-            .await?;
+            .await
+            .inspect_err(|_| self.distrust())?;
         let mut out = Vec::with_capacity(entries.len());
         for ((pos, fields), state) in entries.into_iter().zip(states) {
             let Some(pos) = StreamPos::parse(&pos) else {
