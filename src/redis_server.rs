@@ -106,10 +106,15 @@ impl RedisServer {
         format!("redis://127.0.0.1:{}", self.port)
     }
 
-    /// A fresh multiplexed connection.
+    /// A fresh multiplexed connection. Without redis-rs's default 500 ms
+    /// response timeout: a test folding thousands of records in one script
+    /// on a loaded machine must wait for it, not fail.
     pub async fn connection(&self) -> Result<redis::aio::MultiplexedConnection> {
+        let config = redis::AsyncConnectionConfig::new()
+            .set_response_timeout(Some(Duration::from_secs(60)))
+            .set_connection_timeout(Some(Duration::from_secs(10)));
         Ok(redis::Client::open(self.url())?
-            .get_multiplexed_async_connection()
+            .get_multiplexed_async_connection_with_config(&config)
             .await?)
     }
 
