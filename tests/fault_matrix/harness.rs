@@ -241,24 +241,12 @@ impl Run {
     }
 
     async fn wait_served_within(&self, keys: &[String], within: Duration) -> Result<()> {
-        let client = reqwest::Client::new();
-        let base = self.stack.base_url();
-        for key in keys {
-            let want = self
-                .reference
-                .lock()
-                .expect("reference")
-                .get(key)
-                .copied()
-                .flatten();
-            eventually(&format!("{key} to be served"), within, || {
-                let client = client.clone();
-                let url = format!("{base}/v1/employees/{key}");
-                async move { Ok(served(&client, &url).await?.filter(|got| *got == want)) }
-            })
-            .await?;
-        }
-        Ok(())
+        eventually(
+            "the keys to be served at their reference state",
+            within,
+            || async { Ok(self.served_all(keys).await?.then_some(())) },
+        )
+        .await
     }
 
     /// Writes every stable key once.
