@@ -52,6 +52,8 @@ async fn main() -> Result<()> {
             entity: (*e).into(),
             format: ValueFormat::Json,
             id_prefix: String::new(),
+            transform: None,
+            id_from_key: None,
         })
         .collect();
 

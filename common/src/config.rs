@@ -346,6 +346,16 @@ pub struct SourceConfig {
     /// sources feeding one entity never collide (`acme.` + `E1`).
     #[serde(default)]
     pub id_prefix: String,
+    /// A jq program from the record's state (the value, or a Debezium
+    /// event's `after`) to the canonical state; `$id` is the record's
+    /// entity id. No output filters the record out (see
+    /// [`crate::transform`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub transform: Option<String>,
+    /// A jq program from the record key (a string, or a Debezium key's
+    /// JSON) to the source id, before `id_prefix`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub id_from_key: Option<String>,
 }
 
 /// Record value encodings.
@@ -497,6 +507,8 @@ impl Default for Config {
             entity: entity.into(),
             format: ValueFormat::Json,
             id_prefix: String::new(),
+            transform: None,
+            id_from_key: None,
         };
         Self {
             redis: RedisConfig {

@@ -34,6 +34,7 @@ fn bench(c: &mut Criterion) {
         format: ValueFormat::Json,
         id_prefix: String::new(),
         ttl_ms: 604_800_000,
+        programs: Default::default(),
     };
     let keys = KeySpace::new("fc");
     let recs = records();

@@ -3,6 +3,7 @@
 
 use foldcache_common::config::{Config, EntityConfig, ValueFormat};
 use foldcache_common::id::EntityName;
+use foldcache_common::transform::{Compile, Program};
 use std::collections::HashMap;
 use std::sync::Arc;
 
@@ -19,6 +20,39 @@ pub struct Source {
     pub id_prefix: String,
     /// TTL of each entity hash, in milliseconds.
     pub ttl_ms: u64,
+    /// The source's jq programs, compiled once at start.
+    pub programs: SourcePrograms,
+}
+
+/// A source's compiled jq programs (`transform`, `id_from_key`); none by
+/// default, so records are folded as the source wrote them.
+#[derive(Debug, Clone, Default)]
+pub struct SourcePrograms {
+    /// Record state -> canonical state (no output: filtered out).
+    pub transform: Option<Arc<Program>>,
+    /// Record key -> source id, before `id_prefix`.
+    pub id_from_key: Option<Arc<Program>>,
+}
+
+impl SourcePrograms {
+    /// Compiles the programs of one configured source.
+    fn compile(
+        topic: &str,
+        transform: Option<&str>,
+        id_from_key: Option<&str>,
+    ) -> anyhow::Result<Self> {
+        let compile = |name: &str, code: Option<&str>, f: Compile| {
+            code.map(|c| {
+                f(c).map(Arc::new)
+                    .map_err(|why| anyhow::anyhow!("source {topic:?}: {name}: {why}"))
+            })
+            .transpose()
+        };
+        Ok(Self {
+            transform: compile("transform", transform, Program::transform)?,
+            id_from_key: compile("id_from_key", id_from_key, Program::id_from_key)?,
+        })
+    }
 }
 
 /// All sources by topic.
@@ -43,6 +77,11 @@ impl Sources {
                     format: s.format,
                     id_prefix: s.id_prefix.clone(),
                     ttl_ms: ec.ttl_secs.saturating_mul(1000),
+                    programs: SourcePrograms::compile(
+                        &s.topic,
+                        s.transform.as_deref(),
+                        s.id_from_key.as_deref(),
+                    )?,
                 }),
             );
         }
