@@ -6,14 +6,16 @@
 //! 2. `redis-benchmark -P 64` HSET of the same field count (write ceiling).
 //!
 //! Prints events/s for each, ingest's ratio to the lower baseline (target
-//! ≥ 0.5), ingest's peak RSS and Redis memory per entity.
+//! ≥ 0.5), ingest's peak RSS and Redis memory per entity; then ingest again
+//! with a realistic per-source mapping (`generate::EMPLOYEE_MAPPING`) and
+//! its ratio to the run without (target ≥ 0.8).
 //!
 //! Run: `scripts/dev bench-ingest [EVENTS]` (builds release binaries first).
 
 use anyhow::{Context, Result};
 use foldcache::{Broker, RedisServer, foldcache_binary, unique};
 use foldcache_common::config::{Config, SourceConfig, ValueFormat};
-use foldcache_ingest::generate::{GenOptions, Generator, Kind};
+use foldcache_ingest::generate::{EMPLOYEE_MAPPING, GenOptions, Generator, Kind};
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::Message;
 use rdkafka::{ClientConfig, Offset, TopicPartitionList};
@@ -88,49 +90,20 @@ async fn main() -> Result<()> {
     let sample = sample_field_count(&config)?;
     let hset_rate = redis_benchmark_hset(redis.port(), events, sample)?;
 
-    // foldcache ingest from an empty Redis.
+    // foldcache ingest from an empty Redis: as the source wrote the
+    // records, then again with a realistic per-source mapping.
     let dir = std::env::temp_dir().join(&id);
     std::fs::create_dir_all(&dir)?;
-    let path = dir.join("foldcache.toml");
-    std::fs::write(&path, bench_toml(&config, &redis.url()))?;
     let mut con = redis.connection().await?;
-    let () = redis::cmd("FLUSHALL").query_async(&mut con).await?;
-    let t = Instant::now();
-    let mut ingest = foldcache::Process::spawn(
-        "ingest",
-        &foldcache_binary("ingest")?,
-        &["--config", &path.to_string_lossy(), "run"],
-        &[("RUST_LOG", "warn")],
-    )?;
-    let pid = ingest.pid().context("ingest pid")?;
-    let mut peak_rss_kb = 0;
-    let mut ready_secs = None;
-    loop {
-        if ready_secs.is_none() {
-            let ready: Option<String> = con.hget("fc:state", "ready").await?;
-            if ready.as_deref() == Some("1") {
-                ready_secs = Some(t.elapsed().as_secs_f64());
-            }
-        }
-        let offsets: HashMap<String, i64> = con.hgetall("fc:g1:offsets").await?;
-        let done: i64 = offsets
-            .iter()
-            .filter(|(k, _)| k.starts_with(&topic))
-            .map(|(_, v)| v)
-            .sum();
-        peak_rss_kb = peak_rss_kb.max(rss_kb(pid));
-        if done as u64 >= produced && ready_secs.is_some() {
-            break;
-        }
-        anyhow::ensure!(
-            t.elapsed() < Duration::from_secs(600),
-            "ingest did not finish: {done}/{produced}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    let ingest_secs = t.elapsed().as_secs_f64();
-    peak_rss_kb = peak_rss_kb.max(hwm_kb(pid));
-    ingest.terminate(Duration::from_secs(10));
+    let plain = fold_run(&dir, &config, &redis, &topic, produced).await?;
+    let mut mapped_config = config.clone();
+    mapped_config.sources[0].transform = Some(EMPLOYEE_MAPPING.into());
+    let mapped = fold_run(&dir, &mapped_config, &redis, &topic, produced).await?;
+    let FoldRun {
+        secs: ingest_secs,
+        ready_secs,
+        peak_rss_kb,
+    } = plain;
 
     let keys: u64 = redis::cmd("DBSIZE").query_async(&mut con).await?;
     let info: String = redis::cmd("INFO")
@@ -163,9 +136,20 @@ async fn main() -> Result<()> {
     println!(
         "| **foldcache ingest** (empty Redis to all folded) | {ingest_secs:.2} | {ingest_rate:.0} | 1.00 |"
     );
+    let mapped_rate = produced as f64 / mapped.secs;
+    println!(
+        "| **foldcache ingest with a per-source mapping** (`transform`, below) | {:.2} | {mapped_rate:.0} | {:.2} |",
+        mapped.secs,
+        ingest_rate / mapped_rate
+    );
     println!(
         "\ningest / min(baselines) = {:.2} (target >= 0.5)",
         ingest_rate / floor
+    );
+    println!(
+        "ingest with mapping / without = {:.2} (target >= 0.8); peak RSS {:.1} MiB; mapping:\n```jq\n{EMPLOYEE_MAPPING}\n```",
+        mapped_rate / ingest_rate,
+        mapped.peak_rss_kb as f64 / 1024.0
     );
     if let Some(r) = ready_secs {
         println!(
@@ -181,6 +165,67 @@ async fn main() -> Result<()> {
     );
     let _ = std::fs::remove_dir_all(&dir);
     Ok(())
+}
+
+/// One ingest run from an empty Redis until every record is folded.
+struct FoldRun {
+    secs: f64,
+    ready_secs: Option<f64>,
+    peak_rss_kb: u64,
+}
+
+async fn fold_run(
+    dir: &std::path::Path,
+    config: &Config,
+    redis: &RedisServer,
+    topic: &str,
+    produced: u64,
+) -> Result<FoldRun> {
+    let path = dir.join("foldcache.toml");
+    std::fs::write(&path, bench_toml(config, &redis.url()))?;
+    let mut con = redis.connection().await?;
+    let () = redis::cmd("FLUSHALL").query_async(&mut con).await?;
+    let t = Instant::now();
+    let mut ingest = foldcache::Process::spawn(
+        "ingest",
+        &foldcache_binary("ingest")?,
+        &["--config", &path.to_string_lossy(), "run"],
+        &[("RUST_LOG", "warn")],
+    )?;
+    let pid = ingest.pid().context("ingest pid")?;
+    let mut peak_rss_kb = 0;
+    let mut ready_secs = None;
+    loop {
+        if ready_secs.is_none() {
+            let ready: Option<String> = con.hget("fc:state", "ready").await?;
+            if ready.as_deref() == Some("1") {
+                ready_secs = Some(t.elapsed().as_secs_f64());
+            }
+        }
+        let offsets: HashMap<String, i64> = con.hgetall("fc:g1:offsets").await?;
+        let done: i64 = offsets
+            .iter()
+            .filter(|(k, _)| k.starts_with(topic))
+            .map(|(_, v)| v)
+            .sum();
+        peak_rss_kb = peak_rss_kb.max(rss_kb(pid));
+        if done as u64 >= produced && ready_secs.is_some() {
+            break;
+        }
+        anyhow::ensure!(
+            t.elapsed() < Duration::from_secs(600),
+            "ingest did not finish: {done}/{produced}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let secs = t.elapsed().as_secs_f64();
+    peak_rss_kb = peak_rss_kb.max(hwm_kb(pid));
+    ingest.terminate(Duration::from_secs(10));
+    Ok(FoldRun {
+        secs,
+        ready_secs,
+        peak_rss_kb,
+    })
 }
 
 fn drain(bootstrap: &str, topic: &str, expect: u64) -> Result<f64> {
@@ -300,6 +345,9 @@ fn bench_toml(config: &Config, redis_url: &str) -> String {
             "[[sources]]\ntopic = \"{}\"\nentity = \"{}\"\n",
             src.topic, src.entity
         ));
+        if let Some(t) = &src.transform {
+            s.push_str(&format!("transform = '''\n{t}\n'''\n"));
+        }
     }
     s
 }

@@ -71,6 +71,22 @@ impl TransformError {
     }
 }
 
+/// Filters a program may not call: `env` would read the process's
+/// secrets (`FOLDCACHE__REDIS__URL`), `debug` and `stderr` would write HR
+/// values to ingest's log, `halt` and `input` mean nothing per record.
+/// (Native ones and the definitions built on them.)
+const WITHHELD: &[&str] = &[
+    "env",
+    "debug",
+    "debug_empty",
+    "stderr",
+    "stderr_empty",
+    "halt",
+    "halt_error",
+    "input",
+    "inputs",
+];
+
 /// A program's compiler: [`Program::transform`] or [`Program::id_from_key`].
 pub type Compile = fn(&str) -> Result<Program, String>;
 
@@ -92,10 +108,12 @@ impl Program {
     fn compile(code: &str, vars: &'static [&'static str]) -> Result<Self, String> {
         let defs = jaq_core::defs()
             .chain(jaq_std::defs())
-            .chain(jaq_json::defs());
+            .chain(jaq_json::defs())
+            .filter(|def| !WITHHELD.contains(&def.name));
         let funs = jaq_core::funs()
             .chain(jaq_std::funs())
-            .chain(jaq_json::funs());
+            .chain(jaq_json::funs())
+            .filter(|(name, _, _)| !WITHHELD.contains(name));
         let arena = Arena::default();
         let modules = Loader::new(defs)
             .load(&arena, File { code, path: () })
@@ -354,6 +372,23 @@ mod tests {
         assert_eq!(e, "undefined filter `nosuch` at line 1 column 8");
         let e = Program::id_from_key("$id").unwrap_err();
         assert_eq!(e, "undefined variable `$id` at line 1 column 1");
+    }
+
+    #[test]
+    fn no_program_reads_the_environment_or_writes_the_log() {
+        for code in [
+            "env",
+            "$ENV",
+            "debug",
+            "debug(.a)",
+            "stderr",
+            "input",
+            "halt",
+        ] {
+            let e = Program::transform(code).unwrap_err();
+            assert!(e.starts_with("undefined "), "{code}: {e}");
+        }
+        assert!(Program::transform("now | floor").is_ok());
     }
 
     #[test]
