@@ -96,15 +96,6 @@ async fn main() -> Result<()> {
     std::fs::create_dir_all(&dir)?;
     let mut con = redis.connection().await?;
     let plain = fold_run(&dir, &config, &redis, &topic, produced).await?;
-    let mut mapped_config = config.clone();
-    mapped_config.sources[0].transform = Some(EMPLOYEE_MAPPING.into());
-    let mapped = fold_run(&dir, &mapped_config, &redis, &topic, produced).await?;
-    let FoldRun {
-        secs: ingest_secs,
-        ready_secs,
-        peak_rss_kb,
-    } = plain;
-
     let keys: u64 = redis::cmd("DBSIZE").query_async(&mut con).await?;
     let info: String = redis::cmd("INFO")
         .arg("memory")
@@ -115,6 +106,14 @@ async fn main() -> Result<()> {
         .find_map(|l| l.strip_prefix("used_memory:"))
         .and_then(|v| v.trim().parse().ok())
         .unwrap_or(0);
+    let mut mapped_config = config.clone();
+    mapped_config.sources[0].transform = Some(EMPLOYEE_MAPPING.into());
+    let mapped = fold_run(&dir, &mapped_config, &redis, &topic, produced).await?;
+    let FoldRun {
+        secs: ingest_secs,
+        ready_secs,
+        peak_rss_kb,
+    } = plain;
 
     let ingest_rate = produced as f64 / ingest_secs;
     let drain_rate = produced as f64 / drain_secs;

@@ -6,7 +6,8 @@
 //! publishes Debezium events keyed `{"emp_no": n}` with other names and a
 //! nested org unit. Each source's config maps its records into the one
 //! canonical employee shape. A random log of both (updates, tombstones,
-//! filtered states, records the programs cannot handle) is folded, and every
+//! filtered states, records the programs cannot handle, states the
+//! entity's JSON Schema refuses) is folded, and every
 //! served employee is compared with a reference merge computed here,
 //! independently of jq: after a SIGKILL of ingest in mid-stream, and again
 //! after an on-demand rebuild. A record a program cannot handle is
@@ -59,6 +60,17 @@ transform = '''
     )
 }
 
+/// The directory's canonical shape: both companies' states must fit it.
+const EMPLOYEE_SCHEMA: &str = r#"{
+  "type": "object",
+  "required": ["id", "company", "name", "email"],
+  "properties": {
+    "company": {"enum": ["northwind", "globex"]},
+    "email": {"type": "string"},
+    "level": {"type": "integer", "minimum": 1}
+  }
+}"#;
+
 /// Served id -> canonical state (None: not served).
 type Reference = BTreeMap<String, Option<Value>>;
 
@@ -94,7 +106,7 @@ fn random_log(seed: u64, northwind: &str, globex: &str, n: usize) -> Vec<Rec> {
                 }
             } else {
                 let key = json!({"emp_no": k}).to_string().into_bytes();
-                let after = json!({
+                let mut after = json!({
                     "first_name": format!("Globex{k}"),
                     "last_name": format!("L{}", rng.random::<u16>()),
                     "email_address": format!("g{k}@globex.example"),
@@ -102,6 +114,10 @@ fn random_log(seed: u64, northwind: &str, globex: &str, n: usize) -> Vec<Rec> {
                     "level": rng.random_range(1..9),
                     "pay": SECRET,
                 });
+                if roll >= 95 {
+                    // No email: the entity's schema refuses the state.
+                    after["email_address"] = Value::Null;
+                }
                 let value = match roll {
                     0..8 => None,
                     8..16 => Some(json!({"op": "d", "before": after, "after": null})),
@@ -153,6 +169,9 @@ fn reference_merge(log: &[Rec], northwind: &str) -> Reference {
             let after = match value {
                 None => None,
                 Some(v) if v["op"] == "d" => None,
+                Some(v) if v["after"]["email_address"].is_null() && v["after"].is_object() => {
+                    continue; // fails the schema: nothing changes
+                }
                 Some(v) if v["after"].is_object() => Some(v["after"].clone()),
                 Some(_) => continue, // poison: nothing changes
             };
@@ -259,7 +278,14 @@ async fn two_companies_merge_into_one_directory_through_sigkill_and_rebuild() ->
         .broker
         .create_topics(&[&northwind, &globex], 2)
         .await?;
-    let config = stack.config_toml() + &merger_toml(&northwind, &globex);
+    let schema = stack.config_path().with_file_name("employees.schema.json");
+    std::fs::write(&schema, EMPLOYEE_SCHEMA)?;
+    let config = stack.config_toml()
+        + &merger_toml(&northwind, &globex)
+        + &format!(
+            "\n[entities.employees]\nschema_file = {:?}\n",
+            schema.to_string_lossy()
+        );
     std::fs::write(stack.config_path(), config)?;
 
     let log = random_log(0x13, &northwind, &globex, 3_000);
@@ -328,14 +354,16 @@ async fn two_companies_merge_into_one_directory_through_sigkill_and_rebuild() ->
         .filter(|r| {
             r.value.as_ref().is_some_and(|v| {
                 let s = String::from_utf8_lossy(v);
-                s.contains("not-a-number") || s.contains("not an object")
+                s.contains("not-a-number")
+                    || s.contains("not an object")
+                    || s.contains(r#""email_address":null"#)
             })
         })
         .count();
     let letters = dead_letters(&dlq, poison).await?;
     for (reason, error) in &letters {
         ensure!(
-            ["transform_error", "bad_envelope"].contains(&reason.as_str()),
+            ["transform_error", "bad_envelope", "schema_violation"].contains(&reason.as_str()),
             "unexpected reason {reason}: {error}"
         );
         ensure!(
@@ -343,10 +371,9 @@ async fn two_companies_merge_into_one_directory_through_sigkill_and_rebuild() ->
             "a reason quotes the record: {error}"
         );
     }
-    ensure!(
-        letters.iter().any(|(r, _)| r == "transform_error"),
-        "{letters:?}"
-    );
+    for reason in ["transform_error", "schema_violation"] {
+        ensure!(letters.iter().any(|(r, _)| r == reason), "{letters:?}");
+    }
     assert!(ingest.terminate(Duration::from_secs(15)), "SIGTERM drains");
     let log_text = std::fs::read_to_string(ingest.log_path())?;
     ensure!(!log_text.contains(SECRET), "ingest logged an HR value");

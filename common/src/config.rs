@@ -14,7 +14,7 @@ use figment::providers::{Env, Format, Serialized, Toml};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use thiserror::Error;
 
 mod validate;
@@ -407,6 +407,11 @@ pub struct EntityConfig {
     /// MINID ~`); `0`: no time bound.
     #[serde(default = "changes_max_age_secs")]
     pub changes_max_age_secs: u64,
+    /// A JSON Schema file every state of this entity must satisfy after its
+    /// source's `transform` (see [`crate::schema`]); a state that fails it
+    /// is dead-lettered with the failing path.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub schema_file: Option<PathBuf>,
 }
 
 /// One secondary index of an entity.
@@ -484,6 +489,7 @@ impl Default for Config {
             indexes: BTreeMap::new(),
             changes_max_len: changes_max_len(),
             changes_max_age_secs: changes_max_age_secs(),
+            schema_file: None,
         };
         let index = |field: &str, unique| IndexConfig {
             field: field.into(),

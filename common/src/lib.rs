@@ -11,6 +11,7 @@
 //!   top-level JSON member), its canonical encoding and its strong validator.
 //! - [`transform`]: per-source jq programs (`transform`, `id_from_key`),
 //!   compiled once at start.
+//! - [`schema`]: an entity's canonical JSON Schema, checked after `transform`.
 //! - [`redis_client`]: the Redis client (TLS, ACL credentials) from `[redis]`.
 //! - [`secret`]: a wrapper that keeps credentials out of logs and errors.
 //! - [`runtime`]: wall-clock time and the shutdown signal.
@@ -22,6 +23,7 @@ pub mod index;
 pub mod keys;
 pub mod redis_client;
 pub mod runtime;
+pub mod schema;
 pub mod secret;
 pub mod state;
 pub mod telemetry;

@@ -67,6 +67,7 @@ fn transforms(c: &mut Criterion) {
         let source = employees_source(SourcePrograms {
             transform: Some(Arc::new(program)),
             id_from_key: None,
+            schema: None,
         });
         g.bench_function(*name, |b| b.iter(|| decode_all(&source, &recs)));
     }
@@ -74,6 +75,7 @@ fn transforms(c: &mut Criterion) {
     let source = employees_source(SourcePrograms {
         transform: None,
         id_from_key: Some(Arc::new(program)),
+        schema: None,
     });
     g.bench_function("id_from_key", |b| b.iter(|| decode_all(&source, &recs)));
     g.finish();

@@ -9,6 +9,7 @@
 use crate::source::Source;
 use foldcache_common::config::ValueFormat;
 use foldcache_common::id::{EntityId, IdError};
+use foldcache_common::schema::SchemaViolation;
 use foldcache_common::state::{EntityState, StateError};
 use foldcache_common::transform::TransformError;
 use serde_json::Value;
@@ -74,6 +75,10 @@ pub enum Poison {
     /// the record (the reason never quotes the record).
     #[error("{0}")]
     Transform(TransformError),
+    /// The state (after `transform`) fails the entity's JSON Schema; the
+    /// reason names the paths, never the value.
+    #[error("{0}")]
+    Schema(SchemaViolation),
     /// The object has more top-level members than `ingest.max_members`.
     #[error("object has {members} top-level members, over the limit of {limit}")]
     TooManyMembers {
@@ -98,6 +103,7 @@ impl Poison {
             Poison::BadEnvelope(_) => "bad_envelope",
             Poison::TooManyMembers { .. } => "too_many_members",
             Poison::Transform(e) => e.code(),
+            Poison::Schema(_) => "schema_violation",
         }
     }
 }
@@ -174,6 +180,9 @@ pub fn decode_within(
             None => return Ok(Decoded::Delete { id }),
         },
     };
+    if let Some(schema) = &source.programs.schema {
+        schema.check(&state).map_err(Poison::Schema)?;
+    }
     let state = EntityState::from_value(state).map_err(Poison::BadState)?;
     Ok(Decoded::Upsert { id, state })
 }
@@ -396,6 +405,17 @@ mod tests {
         let s = with_programs(src(ValueFormat::Json, ""), ".n", None);
         let e = decode(&s, Some(b"E1"), Some(br#"{"n":1}"#), 100).unwrap_err();
         assert_eq!(e.code(), "transform_output");
+        let mut s = with_programs(src(ValueFormat::Json, ""), "{email: .mail}", None);
+        s.programs.schema = Some(std::sync::Arc::new(
+            foldcache_common::schema::Schema::compile(&serde_json::json!({
+                "properties": {"email": {"type": "string"}}
+            }))
+            .unwrap(),
+        ));
+        let e = decode(&s, Some(b"E1"), Some(br#"{"mail":9876}"#), 100).unwrap_err();
+        assert_eq!(e.code(), "schema_violation");
+        assert!(e.to_string().contains("\"/email\""), "{e}");
+        assert!(!e.to_string().contains("9876"), "{e}");
         let s = with_programs(src(ValueFormat::Json, ""), r#"{"_fc:x": 1}"#, None);
         let e = decode(&s, Some(b"E1"), Some(b"{}"), 100).unwrap_err();
         assert_eq!(e.code(), "reserved_field");

@@ -3,6 +3,7 @@
 
 use foldcache_common::config::{Config, EntityConfig, ValueFormat};
 use foldcache_common::id::EntityName;
+use foldcache_common::schema::Schema;
 use foldcache_common::transform::{Compile, Program};
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -24,14 +25,18 @@ pub struct Source {
     pub programs: SourcePrograms,
 }
 
-/// A source's compiled jq programs (`transform`, `id_from_key`); none by
-/// default, so records are folded as the source wrote them.
+/// A source's compiled jq programs (`transform`, `id_from_key`) and its
+/// entity's schema; none by default, so records are folded as the source
+/// wrote them.
 #[derive(Debug, Clone, Default)]
 pub struct SourcePrograms {
     /// Record state -> canonical state (no output: filtered out).
     pub transform: Option<Arc<Program>>,
     /// Record key -> source id, before `id_prefix`.
     pub id_from_key: Option<Arc<Program>>,
+    /// The entity's canonical JSON Schema, checked after `transform`
+    /// (shared by every source of the entity).
+    pub schema: Option<Arc<Schema>>,
 }
 
 impl SourcePrograms {
@@ -51,6 +56,7 @@ impl SourcePrograms {
         Ok(Self {
             transform: compile("transform", transform, Program::transform)?,
             id_from_key: compile("id_from_key", id_from_key, Program::id_from_key)?,
+            schema: None,
         })
     }
 }
@@ -63,6 +69,14 @@ impl Sources {
     /// Resolves the config's sources (the config is already validated).
     pub fn from_config(config: &Config) -> anyhow::Result<Self> {
         let mut map = HashMap::new();
+        let mut schemas: HashMap<&str, Arc<Schema>> = HashMap::new();
+        for (name, e) in &config.entities {
+            if let Some(path) = &e.schema_file {
+                let schema = Schema::load(path)
+                    .map_err(|why| anyhow::anyhow!("entities.{name}.schema_file: {why}"))?;
+                schemas.insert(name, Arc::new(schema));
+            }
+        }
         for s in &config.sources {
             let entity = EntityName::parse(&s.entity)
                 .map_err(|e| anyhow::anyhow!("entity {:?}: {e}", s.entity))?;
@@ -77,11 +91,14 @@ impl Sources {
                     format: s.format,
                     id_prefix: s.id_prefix.clone(),
                     ttl_ms: ec.ttl_secs.saturating_mul(1000),
-                    programs: SourcePrograms::compile(
-                        &s.topic,
-                        s.transform.as_deref(),
-                        s.id_from_key.as_deref(),
-                    )?,
+                    programs: SourcePrograms {
+                        schema: schemas.get(s.entity.as_str()).cloned(),
+                        ..SourcePrograms::compile(
+                            &s.topic,
+                            s.transform.as_deref(),
+                            s.id_from_key.as_deref(),
+                        )?
+                    },
                 }),
             );
         }

@@ -10,6 +10,7 @@
 use super::{Config, ConfigError, EntityConfig, FULL_VIEW, SourceConfig};
 use crate::id::{EntityName, IdError};
 use crate::keys::META_PREFIX;
+use crate::schema::Schema;
 use crate::transform::{Compile, Program};
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Display;
@@ -571,6 +572,15 @@ fn entities(c: &Config) -> Result<(), ConfigError> {
             return Err(reject(format!("entities.{name:?}"), "{..}", err));
         }
         entity_ttl(name, e)?;
+        if let Some(path) = &e.schema_file {
+            Schema::load(path).map_err(|why| {
+                reject(
+                    format!("entities.{name}.schema_file"),
+                    quoted(&path.to_string_lossy()),
+                    why,
+                )
+            })?;
+        }
         let bound_ms = e.freshness_secs.saturating_mul(1000);
         if lag_ms.saturating_mul(2) > bound_ms {
             return Err(reject(
@@ -1127,6 +1137,26 @@ mod tests {
             line.contains(". | . \"...: not a valid jq program: does not parse"),
             "{line}"
         );
+    }
+
+    #[test]
+    fn an_entity_schema_must_be_a_readable_json_schema() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("employees.json");
+        let mut c = Config::default();
+        c.entities.get_mut("employees").unwrap().schema_file = Some(path.clone());
+        let line = refused(&c);
+        assert!(
+            line.starts_with(&format!(
+                "entities.employees.schema_file = {:?}: cannot read it",
+                path.to_string_lossy()
+            )),
+            "{line}"
+        );
+        std::fs::write(&path, r#"{"type": "objekt"}"#).unwrap();
+        assert!(refused(&c).contains(": not a valid JSON Schema at"));
+        std::fs::write(&path, r#"{"type": "object", "required": ["id"]}"#).unwrap();
+        c.validate().unwrap();
     }
 
     #[test]
