@@ -117,3 +117,28 @@ impl Sources {
         t
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_source_of_an_entity_gets_its_programs_and_the_entity_schema() {
+        let dir = std::env::temp_dir().join(format!("fc-source-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let schema = dir.join("employees.json");
+        std::fs::write(&schema, r#"{"required": ["id"]}"#).unwrap();
+        let mut config = Config::default();
+        config.entities.get_mut("employees").unwrap().schema_file = Some(schema);
+        config.sources[0].transform = Some("{id: $id}".into());
+        config.sources[0].id_from_key = Some(r#""E" + ."#.into());
+        let sources = Sources::from_config(&config).unwrap();
+        let employees = sources.get("hr.employees").unwrap();
+        assert!(employees.programs.transform.is_some());
+        assert!(employees.programs.id_from_key.is_some());
+        assert!(employees.programs.schema.is_some());
+        let teams = sources.get("hr.teams").unwrap();
+        assert!(teams.programs.transform.is_none() && teams.programs.schema.is_none());
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}
