@@ -30,13 +30,19 @@ pub enum Decoded {
         /// The entity id (source prefix applied).
         id: EntityId,
     },
+    /// The source's `transform` filtered the state out: removed like a
+    /// tombstone (a record is its key's whole state), counted apart.
+    Filtered {
+        /// The entity id (source prefix applied).
+        id: EntityId,
+    },
 }
 
 impl Decoded {
     /// The entity id either way.
     pub fn id(&self) -> &EntityId {
         match self {
-            Decoded::Upsert { id, .. } | Decoded::Delete { id } => id,
+            Decoded::Upsert { id, .. } | Decoded::Delete { id } | Decoded::Filtered { id } => id,
         }
     }
 }
@@ -177,7 +183,7 @@ pub fn decode_within(
             .map_err(Poison::Transform)?
         {
             Some(object) => Value::Object(object),
-            None => return Ok(Decoded::Delete { id }),
+            None => return Ok(Decoded::Filtered { id }),
         },
     };
     if let Some(schema) = &source.programs.schema {
@@ -392,7 +398,7 @@ mod tests {
         let filtered = decode(&s, Some(b"E1"), Some(br#"{"status":"gone"}"#), 100).unwrap();
         assert_eq!(
             filtered,
-            Decoded::Delete {
+            Decoded::Filtered {
                 id: EntityId::parse("E1").unwrap()
             }
         );
