@@ -6,14 +6,16 @@
 //! 2. `redis-benchmark -P 64` HSET of the same field count (write ceiling).
 //!
 //! Prints events/s for each, ingest's ratio to the lower baseline (target
-//! ≥ 0.5), ingest's peak RSS and Redis memory per entity.
+//! ≥ 0.5), ingest's peak RSS and Redis memory per entity; then ingest again
+//! with a realistic per-source mapping (`generate::EMPLOYEE_MAPPING`) and
+//! its ratio to the run without (target ≥ 0.8).
 //!
 //! Run: `scripts/dev bench-ingest [EVENTS]` (builds release binaries first).
 
 use anyhow::{Context, Result};
 use foldcache::{Broker, RedisServer, foldcache_binary, unique};
 use foldcache_common::config::{Config, SourceConfig, ValueFormat};
-use foldcache_ingest::generate::{GenOptions, Generator, Kind};
+use foldcache_ingest::generate::{EMPLOYEE_MAPPING, GenOptions, Generator, Kind};
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::Message;
 use rdkafka::{ClientConfig, Offset, TopicPartitionList};
@@ -52,6 +54,8 @@ async fn main() -> Result<()> {
             entity: (*e).into(),
             format: ValueFormat::Json,
             id_prefix: String::new(),
+            transform: None,
+            id_from_key: None,
         })
         .collect();
 
@@ -86,11 +90,98 @@ async fn main() -> Result<()> {
     let sample = sample_field_count(&config)?;
     let hset_rate = redis_benchmark_hset(redis.port(), events, sample)?;
 
-    // foldcache ingest from an empty Redis.
+    // foldcache ingest from an empty Redis: as the source wrote the
+    // records, then again with a realistic per-source mapping.
     let dir = std::env::temp_dir().join(&id);
     std::fs::create_dir_all(&dir)?;
+    let mut con = redis.connection().await?;
+    let plain = fold_run(&dir, &config, &redis, &topic, produced).await?;
+    let keys: u64 = redis::cmd("DBSIZE").query_async(&mut con).await?;
+    let info: String = redis::cmd("INFO")
+        .arg("memory")
+        .query_async(&mut con)
+        .await?;
+    let used: u64 = info
+        .lines()
+        .find_map(|l| l.strip_prefix("used_memory:"))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0);
+    let mut mapped_config = config.clone();
+    mapped_config.sources[0].transform = Some(EMPLOYEE_MAPPING.into());
+    let mapped = fold_run(&dir, &mapped_config, &redis, &topic, produced).await?;
+    let FoldRun {
+        secs: ingest_secs,
+        ready_secs,
+        peak_rss_kb,
+    } = plain;
+
+    let ingest_rate = produced as f64 / ingest_secs;
+    let drain_rate = produced as f64 / drain_secs;
+    let floor = drain_rate.min(hset_rate);
+    println!(
+        "\n## ingest load benchmark ({produced} events, {PARTITIONS} partitions, {sample} fields per hash)\n"
+    );
+    println!("| run | seconds | events/s | ratio to ingest |");
+    println!("|---|---:|---:|---:|");
+    println!(
+        "| plain consumer drain (Tansu) | {drain_secs:.2} | {drain_rate:.0} | {:.2} |",
+        ingest_rate / drain_rate
+    );
+    println!(
+        "| redis-benchmark -P 64 HSET ({sample} fields) | {:.2} | {hset_rate:.0} | {:.2} |",
+        events as f64 / hset_rate,
+        ingest_rate / hset_rate
+    );
+    println!(
+        "| **foldcache ingest** (empty Redis to all folded) | {ingest_secs:.2} | {ingest_rate:.0} | 1.00 |"
+    );
+    let mapped_rate = produced as f64 / mapped.secs;
+    println!(
+        "| **foldcache ingest with a per-source mapping** (`transform`, below) | {:.2} | {mapped_rate:.0} | {:.2} |",
+        mapped.secs,
+        ingest_rate / mapped_rate
+    );
+    println!(
+        "\ningest / min(baselines) = {:.2} (target >= 0.5)",
+        ingest_rate / floor
+    );
+    println!(
+        "ingest with mapping / without = {:.2} (target >= 0.8); peak RSS {:.1} MiB; mapping:\n```jq\n{EMPLOYEE_MAPPING}\n```",
+        mapped_rate / ingest_rate,
+        mapped.peak_rss_kb as f64 / 1024.0
+    );
+    if let Some(r) = ready_secs {
+        println!(
+            "Redis empty -> cache ready (ready=1): {r:.2} s; plain consumer drain of the same topic: {drain_secs:.2} s ({:.2}x)",
+            r / drain_secs
+        );
+    }
+    println!("ingest peak RSS: {:.1} MiB", peak_rss_kb as f64 / 1024.0);
+    println!(
+        "Redis: {keys} keys, used_memory {:.1} MiB, {:.0} bytes per entity",
+        used as f64 / 1048576.0,
+        used as f64 / keys.max(1) as f64
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+    Ok(())
+}
+
+/// One ingest run from an empty Redis until every record is folded.
+struct FoldRun {
+    secs: f64,
+    ready_secs: Option<f64>,
+    peak_rss_kb: u64,
+}
+
+async fn fold_run(
+    dir: &std::path::Path,
+    config: &Config,
+    redis: &RedisServer,
+    topic: &str,
+    produced: u64,
+) -> Result<FoldRun> {
     let path = dir.join("foldcache.toml");
-    std::fs::write(&path, bench_toml(&config, &redis.url()))?;
+    std::fs::write(&path, bench_toml(config, &redis.url()))?;
     let mut con = redis.connection().await?;
     let () = redis::cmd("FLUSHALL").query_async(&mut con).await?;
     let t = Instant::now();
@@ -113,7 +204,7 @@ async fn main() -> Result<()> {
         let offsets: HashMap<String, i64> = con.hgetall("fc:g1:offsets").await?;
         let done: i64 = offsets
             .iter()
-            .filter(|(k, _)| k.starts_with(&topic))
+            .filter(|(k, _)| k.starts_with(topic))
             .map(|(_, v)| v)
             .sum();
         peak_rss_kb = peak_rss_kb.max(rss_kb(pid));
@@ -126,59 +217,14 @@ async fn main() -> Result<()> {
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    let ingest_secs = t.elapsed().as_secs_f64();
+    let secs = t.elapsed().as_secs_f64();
     peak_rss_kb = peak_rss_kb.max(hwm_kb(pid));
     ingest.terminate(Duration::from_secs(10));
-
-    let keys: u64 = redis::cmd("DBSIZE").query_async(&mut con).await?;
-    let info: String = redis::cmd("INFO")
-        .arg("memory")
-        .query_async(&mut con)
-        .await?;
-    let used: u64 = info
-        .lines()
-        .find_map(|l| l.strip_prefix("used_memory:"))
-        .and_then(|v| v.trim().parse().ok())
-        .unwrap_or(0);
-
-    let ingest_rate = produced as f64 / ingest_secs;
-    let drain_rate = produced as f64 / drain_secs;
-    let floor = drain_rate.min(hset_rate);
-    println!(
-        "\n## ingest load benchmark ({produced} events, {PARTITIONS} partitions, {sample} fields per hash)\n"
-    );
-    println!("| run | seconds | events/s | ratio to ingest |");
-    println!("|---|---:|---:|---:|");
-    println!(
-        "| plain consumer drain (Tansu) | {drain_secs:.2} | {drain_rate:.0} | {:.2} |",
-        ingest_rate / drain_rate
-    );
-    println!(
-        "| redis-benchmark -P 64 HSET ({sample} fields) | {:.2} | {hset_rate:.0} | {:.2} |",
-        events as f64 / hset_rate,
-        ingest_rate / hset_rate
-    );
-    println!(
-        "| **foldcache ingest** (empty Redis to all folded) | {ingest_secs:.2} | {ingest_rate:.0} | 1.00 |"
-    );
-    println!(
-        "\ningest / min(baselines) = {:.2} (target >= 0.5)",
-        ingest_rate / floor
-    );
-    if let Some(r) = ready_secs {
-        println!(
-            "Redis empty -> cache ready (ready=1): {r:.2} s; plain consumer drain of the same topic: {drain_secs:.2} s ({:.2}x)",
-            r / drain_secs
-        );
-    }
-    println!("ingest peak RSS: {:.1} MiB", peak_rss_kb as f64 / 1024.0);
-    println!(
-        "Redis: {keys} keys, used_memory {:.1} MiB, {:.0} bytes per entity",
-        used as f64 / 1048576.0,
-        used as f64 / keys.max(1) as f64
-    );
-    let _ = std::fs::remove_dir_all(&dir);
-    Ok(())
+    Ok(FoldRun {
+        secs,
+        ready_secs,
+        peak_rss_kb,
+    })
 }
 
 fn drain(bootstrap: &str, topic: &str, expect: u64) -> Result<f64> {
@@ -298,6 +344,9 @@ fn bench_toml(config: &Config, redis_url: &str) -> String {
             "[[sources]]\ntopic = \"{}\"\nentity = \"{}\"\n",
             src.topic, src.entity
         ));
+        if let Some(t) = &src.transform {
+            s.push_str(&format!("transform = '''\n{t}\n'''\n"));
+        }
     }
     s
 }

@@ -7,6 +7,8 @@
 //!   its log in SQLite so that it survives [`Broker::restart`].
 //! - [`Stack`]: both, unique topics and a config file, with foldcache's own
 //!   binaries (`ingest`, `query-api`) started on demand.
+//! - [`Rec`], [`produce_all`]: a log of records produced in order, and
+//!   where it ends per partition.
 //! - [`Process`]: a child process whose output is kept, killed on drop (or
 //!   with SIGKILL on demand, to test crash recovery).
 //!
@@ -17,6 +19,7 @@
 mod binaries;
 mod broker;
 mod process;
+mod records;
 mod redis_server;
 mod stack;
 mod tls_proxy;
@@ -24,6 +27,7 @@ mod tls_proxy;
 pub use binaries::{foldcache_binary, redis_server_binary, tansu_binary};
 pub use broker::{Broker, BrokerStorage};
 pub use process::{Process, test_log_dir};
+pub use records::{Rec, produce_all};
 pub use redis_server::RedisServer;
 pub use stack::{Stack, Topics};
 pub use tls_proxy::TlsProxy;

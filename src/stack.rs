@@ -219,6 +219,71 @@ entity = "permissions"
         Ok((delivery.partition, delivery.offset))
     }
 
+    /// Waits until generation 1's stored offsets add up to more than
+    /// `records`: a point in mid-stream (for a SIGKILL there).
+    pub async fn wait_folded_past(&self, records: i64, timeout: Duration) -> Result<()> {
+        let con = self.redis.connection().await?;
+        eventually("ingest to be mid-stream", timeout, || {
+            let mut con = con.clone();
+            async move {
+                let stored: std::collections::HashMap<String, i64> =
+                    redis::AsyncCommands::hgetall(&mut con, "fc:g1:offsets").await?;
+                Ok((stored.values().sum::<i64>() > records).then_some(()))
+            }
+        })
+        .await
+    }
+
+    /// Waits until the live generation's stored offsets reach `ends`
+    /// (`(topic, partition)` -> offset after the last record produced);
+    /// on timeout the error shows what is stored.
+    pub async fn wait_folded(
+        &self,
+        ends: &std::collections::HashMap<(String, i32), i64>,
+        timeout: Duration,
+    ) -> Result<()> {
+        let con = self.redis.connection().await?;
+        async fn stored(
+            con: &mut redis::aio::MultiplexedConnection,
+        ) -> Result<std::collections::HashMap<String, i64>> {
+            let g = crate::live_generation(con).await?.unwrap_or(1);
+            Ok(redis::AsyncCommands::hgetall(con, format!("fc:g{g}:offsets")).await?)
+        }
+        let r = eventually("ingest to fold every produced record", timeout, || {
+            let mut con = con.clone();
+            async move {
+                let stored = stored(&mut con).await?;
+                Ok(ends
+                    .iter()
+                    .all(|((t, p), end)| stored.get(&format!("{t}/{p}")).is_some_and(|s| s >= end))
+                    .then_some(()))
+            }
+        })
+        .await;
+        if r.is_err() {
+            let stored = stored(&mut con.clone()).await?;
+            anyhow::bail!("not folded: stored {stored:?}, produced ends {ends:?}");
+        }
+        r
+    }
+
+    /// Runs `ingest rebuild` on this stack's config, which follows the
+    /// rebuild to the swap; its standard output, or an error with both
+    /// streams when it fails.
+    pub async fn rebuild(&self) -> Result<String> {
+        let out = tokio::process::Command::new(foldcache_binary("ingest")?)
+            .args(["--config", &self.config_path().to_string_lossy(), "rebuild"])
+            .output()
+            .await?;
+        let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+        anyhow::ensure!(
+            out.status.success(),
+            "ingest rebuild: {stdout} {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Ok(stdout)
+    }
+
     /// Waits until query-api's `/readyz` answers 200.
     pub async fn wait_ready(&self, timeout: Duration) -> Result<()> {
         let url = format!("{}/readyz", self.base_url());

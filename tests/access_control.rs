@@ -111,6 +111,7 @@ async fn fixture(config: &Config) -> Result<Fixture> {
                 format: ValueFormat::Json,
                 id_prefix: String::new(),
                 ttl_ms: 600_000,
+                programs: Default::default(),
             };
             let value = e.value.as_ref().map(Value::to_string);
             let d = decode(

@@ -6,25 +6,16 @@
 //! in one consumer group.
 
 use anyhow::{Result, ensure};
-use foldcache::{Stack, eventually};
+use foldcache::{Rec, Stack, produce_all};
 use foldcache_common::state::{EntityState, assemble_body};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
-use rdkafka::producer::{FutureProducer, FutureRecord};
 use redis::AsyncCommands;
 use serde_json::{Value, json};
 use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
 
 const WAIT: Duration = Duration::from_secs(90);
-
-/// One record to produce.
-#[derive(Clone, Debug)]
-struct Rec {
-    topic: String,
-    key: Option<Vec<u8>>,
-    value: Option<Vec<u8>>,
-}
 
 /// What the log says each key should be: `(entity, id) -> state or deleted`.
 type Reference = BTreeMap<(String, String), Option<Value>>;
@@ -115,69 +106,6 @@ fn reference_fold(log: &[Rec], topics: &[(&str, &str)]) -> Reference {
     reference
 }
 
-/// Produces `log` in order (enqueued one by one, so per-key order is the
-/// log's); returns the highest offset + 1 per (topic, partition).
-async fn produce_all(
-    producer: &FutureProducer,
-    log: &[Rec],
-) -> Result<HashMap<(String, i32), i64>> {
-    let mut deliveries = Vec::with_capacity(log.len());
-    for r in log {
-        let mut rec: FutureRecord<'_, [u8], [u8]> = FutureRecord::to(&r.topic);
-        if let Some(k) = &r.key {
-            rec = rec.key(k.as_slice());
-        }
-        if let Some(v) = &r.value {
-            rec = rec.payload(v.as_slice());
-        }
-        let delivery = producer.send_result(rec).map_err(|(e, _)| e)?;
-        deliveries.push((r.topic.clone(), delivery));
-    }
-    let mut ends: HashMap<(String, i32), i64> = HashMap::new();
-    type TopicKey = (String, Option<Vec<u8>>);
-    let mut last_of_key: HashMap<TopicKey, (i32, i64)> = HashMap::new();
-    for ((topic, d), r) in deliveries.into_iter().zip(log) {
-        let d = d.await?.map_err(|(e, _)| e)?;
-        // The test's premise: the broker keeps each key's records in
-        // production order.
-        if let Some(prev) =
-            last_of_key.insert((topic.clone(), r.key.clone()), (d.partition, d.offset))
-        {
-            ensure!(
-                prev.0 != d.partition || prev.1 < d.offset,
-                "broker reordered a key: {prev:?} then {:?}",
-                (d.partition, d.offset)
-            );
-        }
-        let e = ends.entry((topic, d.partition)).or_insert(0);
-        *e = (*e).max(d.offset + 1);
-    }
-    Ok(ends)
-}
-
-/// Waits until Redis' stored offsets reach `ends` for every partition.
-async fn wait_folded(
-    con: &redis::aio::MultiplexedConnection,
-    ends: &HashMap<(String, i32), i64>,
-) -> Result<()> {
-    let r = eventually("ingest to fold every produced record", WAIT, || {
-        let mut con = con.clone();
-        async move {
-            let stored: HashMap<String, i64> = con.hgetall("fc:g1:offsets").await?;
-            Ok(ends
-                .iter()
-                .all(|((t, p), end)| stored.get(&format!("{t}/{p}")).is_some_and(|s| s >= end))
-                .then_some(()))
-        }
-    })
-    .await;
-    if r.is_err() {
-        let stored: HashMap<String, i64> = con.clone().hgetall("fc:g1:offsets").await?;
-        anyhow::bail!("not folded: stored {stored:?}, produced ends {ends:?}");
-    }
-    r
-}
-
 /// Every difference between Redis and the reference fold.
 async fn differences(
     con: &mut redis::aio::MultiplexedConnection,
@@ -258,7 +186,7 @@ async fn random_log_folds_exactly_even_through_sigkill() -> Result<()> {
     let mut ingest = stack.spawn_ingest_with(&small_batches)?;
     let (first, rest) = log.split_at(4_000);
     let ends = produce_all(&producer, first).await?;
-    wait_folded(&con, &ends).await?;
+    stack.wait_folded(&ends, WAIT).await?;
 
     // Phase 2: SIGKILL in the middle of folding the rest.
     let producing = {
@@ -266,14 +194,7 @@ async fn random_log_folds_exactly_even_through_sigkill() -> Result<()> {
         let producer = producer.clone();
         tokio::spawn(async move { produce_all(&producer, &rest).await })
     };
-    eventually("ingest to be mid-stream", WAIT, || {
-        let mut con = con.clone();
-        async move {
-            let stored: HashMap<String, i64> = con.hgetall("fc:g1:offsets").await?;
-            Ok((stored.values().sum::<i64>() > 6_000).then_some(()))
-        }
-    })
-    .await?;
+    stack.wait_folded_past(6_000, WAIT).await?;
     ingest.kill();
     let ends_rest = producing.await??;
     let mut ingest = stack.spawn_ingest_with(&small_batches)?;
@@ -282,7 +203,7 @@ async fn random_log_folds_exactly_even_through_sigkill() -> Result<()> {
         let x = all_ends.entry(tp).or_insert(0);
         *x = (*x).max(e);
     }
-    wait_folded(&con, &all_ends).await?;
+    stack.wait_folded(&all_ends, WAIT).await?;
     let diffs = differences(&mut con, &reference).await?;
     ensure!(
         diffs.is_empty(),
@@ -315,7 +236,7 @@ async fn two_instances_in_one_group_fold_exactly_and_after_one_stops() -> Result
     let mut a = stack.spawn_ingest()?;
     let _b = stack.spawn_ingest()?;
     let ends = produce_all(&producer, first).await?;
-    wait_folded(&con, &ends).await?;
+    stack.wait_folded(&ends, WAIT).await?;
     let ref_first = reference_fold(first, &tt);
     let diffs = differences(&mut con, &ref_first).await?;
     ensure!(
@@ -331,7 +252,7 @@ async fn two_instances_in_one_group_fold_exactly_and_after_one_stops() -> Result
         "SIGTERM drains and exits 0"
     );
     let ends = produce_all(&producer, rest).await?;
-    wait_folded(&con, &ends).await?;
+    stack.wait_folded(&ends, WAIT).await?;
     let diffs = differences(&mut con, &reference).await?;
     ensure!(
         diffs.is_empty(),

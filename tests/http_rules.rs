@@ -42,6 +42,7 @@ fn employees_source() -> Result<Source> {
         format: ValueFormat::Json,
         id_prefix: String::new(),
         ttl_ms: 60_000,
+        programs: Default::default(),
     })
 }
 

@@ -64,6 +64,7 @@ impl Fixture {
                 format: ValueFormat::Json,
                 id_prefix: String::new(),
                 ttl_ms: 600_000,
+                programs: Default::default(),
             },
             app,
             cache,

@@ -213,20 +213,7 @@ grants = { employees = "full" }
     .await?;
 
     // The CLI: a second rebuild, followed to the swap.
-    let out = tokio::process::Command::new(foldcache_binary("ingest")?)
-        .args([
-            "--config",
-            &stack.config_path().to_string_lossy(),
-            "rebuild",
-        ])
-        .output()
-        .await?;
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "ingest rebuild: {stdout} {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let stdout = stack.rebuild().await?;
     assert!(stdout.contains("rebuild complete"), "{stdout}");
     assert_eq!(live_gen(&mut con).await?, 3);
 

@@ -14,7 +14,7 @@ use figment::providers::{Env, Format, Serialized, Toml};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use thiserror::Error;
 
 mod validate;
@@ -346,6 +346,16 @@ pub struct SourceConfig {
     /// sources feeding one entity never collide (`acme.` + `E1`).
     #[serde(default)]
     pub id_prefix: String,
+    /// A jq program from the record's state (the value, or a Debezium
+    /// event's `after`) to the canonical state; `$id` is the record's
+    /// entity id. No output filters the record out (see
+    /// [`crate::transform`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub transform: Option<String>,
+    /// A jq program from the record key (a string, or a Debezium key's
+    /// JSON) to the source id, before `id_prefix`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub id_from_key: Option<String>,
 }
 
 /// Record value encodings.
@@ -397,6 +407,11 @@ pub struct EntityConfig {
     /// MINID ~`); `0`: no time bound.
     #[serde(default = "changes_max_age_secs")]
     pub changes_max_age_secs: u64,
+    /// A JSON Schema file every state of this entity must satisfy after its
+    /// source's `transform` (see [`crate::schema`]); a state that fails it
+    /// is dead-lettered with the failing path.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub schema_file: Option<PathBuf>,
 }
 
 /// One secondary index of an entity.
@@ -474,6 +489,7 @@ impl Default for Config {
             indexes: BTreeMap::new(),
             changes_max_len: changes_max_len(),
             changes_max_age_secs: changes_max_age_secs(),
+            schema_file: None,
         };
         let index = |field: &str, unique| IndexConfig {
             field: field.into(),
@@ -497,6 +513,8 @@ impl Default for Config {
             entity: entity.into(),
             format: ValueFormat::Json,
             id_prefix: String::new(),
+            transform: None,
+            id_from_key: None,
         };
         Self {
             redis: RedisConfig {

@@ -9,6 +9,9 @@
 //!   hash.
 //! - [`state`]: an entity's state as foldcache stores it (one hash field per
 //!   top-level JSON member), its canonical encoding and its strong validator.
+//! - [`transform`]: per-source jq programs (`transform`, `id_from_key`),
+//!   compiled once at start.
+//! - [`schema`]: an entity's canonical JSON Schema, checked after `transform`.
 //! - [`redis_client`]: the Redis client (TLS, ACL credentials) from `[redis]`.
 //! - [`secret`]: a wrapper that keeps credentials out of logs and errors.
 //! - [`runtime`]: wall-clock time and the shutdown signal.
@@ -20,6 +23,8 @@ pub mod index;
 pub mod keys;
 pub mod redis_client;
 pub mod runtime;
+pub mod schema;
 pub mod secret;
 pub mod state;
 pub mod telemetry;
+pub mod transform;

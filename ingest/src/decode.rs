@@ -1,12 +1,17 @@
 //! Turns a Kafka record into a fold operation, or into a [`Poison`] reason.
 //!
 //! This is where a tombstone (null value, or Debezium `op: "d"`) becomes a
-//! delete; `fold.rs` turns that delete into a Redis `DEL`.
+//! delete; `fold.rs` turns that delete into a Redis `DEL`. A source's jq
+//! programs run here too: `id_from_key` on the key, `transform` on the
+//! state (`foldcache_common::transform`); a state the transform filters
+//! out deletes, like a tombstone, since a record is its key's whole state.
 
 use crate::source::Source;
 use foldcache_common::config::ValueFormat;
 use foldcache_common::id::{EntityId, IdError};
+use foldcache_common::schema::SchemaViolation;
 use foldcache_common::state::{EntityState, StateError};
+use foldcache_common::transform::TransformError;
 use serde_json::Value;
 use thiserror::Error;
 
@@ -25,13 +30,19 @@ pub enum Decoded {
         /// The entity id (source prefix applied).
         id: EntityId,
     },
+    /// The source's `transform` filtered the state out: removed like a
+    /// tombstone (a record is its key's whole state), counted apart.
+    Filtered {
+        /// The entity id (source prefix applied).
+        id: EntityId,
+    },
 }
 
 impl Decoded {
     /// The entity id either way.
     pub fn id(&self) -> &EntityId {
         match self {
-            Decoded::Upsert { id, .. } | Decoded::Delete { id } => id,
+            Decoded::Upsert { id, .. } | Decoded::Delete { id } | Decoded::Filtered { id } => id,
         }
     }
 }
@@ -66,6 +77,14 @@ pub enum Poison {
     /// A Debezium envelope without a usable `op`/`after`.
     #[error("malformed Debezium envelope: {0}")]
     BadEnvelope(&'static str),
+    /// The source's `transform` or `id_from_key` program could not handle
+    /// the record (the reason never quotes the record).
+    #[error("{0}")]
+    Transform(TransformError),
+    /// The state (after `transform`) fails the entity's JSON Schema; the
+    /// reason names the paths, never the value.
+    #[error("{0}")]
+    Schema(SchemaViolation),
     /// The object has more top-level members than `ingest.max_members`.
     #[error("object has {members} top-level members, over the limit of {limit}")]
     TooManyMembers {
@@ -89,6 +108,8 @@ impl Poison {
             Poison::BadState(StateError::ReservedField) => "reserved_field",
             Poison::BadEnvelope(_) => "bad_envelope",
             Poison::TooManyMembers { .. } => "too_many_members",
+            Poison::Transform(e) => e.code(),
+            Poison::Schema(_) => "schema_violation",
         }
     }
 }
@@ -155,6 +176,19 @@ pub fn decode_within(
             limit: limits.max_members,
         });
     }
+    let state = match &source.programs.transform {
+        None => state,
+        Some(program) => match program
+            .run_transform(state, id.as_str())
+            .map_err(Poison::Transform)?
+        {
+            Some(object) => Value::Object(object),
+            None => return Ok(Decoded::Filtered { id }),
+        },
+    };
+    if let Some(schema) = &source.programs.schema {
+        schema.check(&state).map_err(Poison::Schema)?;
+    }
     let state = EntityState::from_value(state).map_err(Poison::BadState)?;
     Ok(Decoded::Upsert { id, state })
 }
@@ -170,15 +204,15 @@ fn json_error_position(e: &serde_json::Error) -> String {
 }
 
 fn entity_id(source: &Source, key: &[u8]) -> Result<EntityId, Poison> {
-    let raw = match source.format {
-        ValueFormat::Json => std::str::from_utf8(key)
-            .map_err(|e| {
-                Poison::InvalidId(IdError::NotUtf8 {
-                    position: e.valid_up_to(),
-                })
-            })?
-            .to_owned(),
-        ValueFormat::Debezium => debezium_key(key)?,
+    let raw = match (source.format, &source.programs.id_from_key) {
+        (ValueFormat::Json, None) => utf8_key(key)?.to_owned(),
+        (ValueFormat::Debezium, None) => debezium_key(key)?,
+        (ValueFormat::Json, Some(program)) => program
+            .run_id(Value::String(utf8_key(key)?.to_owned()))
+            .map_err(Poison::Transform)?,
+        (ValueFormat::Debezium, Some(program)) => program
+            .run_id(debezium_key_json(key)?)
+            .map_err(Poison::Transform)?,
     };
     let full = if source.id_prefix.is_empty() {
         raw
@@ -188,17 +222,31 @@ fn entity_id(source: &Source, key: &[u8]) -> Result<EntityId, Poison> {
     EntityId::parse(&full).map_err(Poison::InvalidId)
 }
 
-/// Debezium keys are JSON: `{"id": 7}`, `{"payload": {"id": 7}}` or a bare
-/// string. A single-member object yields that member's value.
-fn debezium_key(key: &[u8]) -> Result<String, Poison> {
+fn utf8_key(key: &[u8]) -> Result<&str, Poison> {
+    std::str::from_utf8(key).map_err(|e| {
+        Poison::InvalidId(IdError::NotUtf8 {
+            position: e.valid_up_to(),
+        })
+    })
+}
+
+/// A Debezium key's JSON, out of the converter's `payload` when schemas
+/// are enabled: what `id_from_key` reads.
+fn debezium_key_json(key: &[u8]) -> Result<Value, Poison> {
     let v: Value =
         serde_json::from_slice(key).map_err(|_| Poison::BadEnvelope("key is not JSON"))?;
-    let v = match v {
+    Ok(match v {
         Value::Object(mut m) if m.contains_key("payload") && m.len() <= 2 => {
             m.remove("payload").unwrap_or(Value::Null)
         }
         other => other,
-    };
+    })
+}
+
+/// Debezium keys are JSON: `{"id": 7}`, `{"payload": {"id": 7}}` or a bare
+/// string. A single-member object yields that member's value.
+fn debezium_key(key: &[u8]) -> Result<String, Poison> {
+    let v = debezium_key_json(key)?;
     let scalar = match v {
         Value::Object(m) if m.len() == 1 => m.into_iter().next().map(|(_, v)| v),
         other => Some(other),
@@ -244,6 +292,7 @@ mod tests {
             format,
             id_prefix: prefix.into(),
             ttl_ms: 1000,
+            programs: Default::default(),
         }
     }
 
@@ -290,6 +339,92 @@ mod tests {
         let s = src(ValueFormat::Json, "");
         let e = decode(&s, Some(b"E1"), Some(b"{\"salary\": secret}"), 100).unwrap_err();
         assert!(!e.to_string().contains("secret"), "{e}");
+    }
+
+    fn with_programs(mut s: Source, transform: &str, id_from_key: Option<&str>) -> Source {
+        s.programs.transform = Some(std::sync::Arc::new(
+            foldcache_common::transform::Program::transform(transform).unwrap(),
+        ));
+        s.programs.id_from_key = id_from_key.map(|p| {
+            std::sync::Arc::new(foldcache_common::transform::Program::id_from_key(p).unwrap())
+        });
+        s
+    }
+
+    fn upserted(d: Decoded) -> (String, Value) {
+        match d {
+            Decoded::Upsert { id, state } => (
+                id.as_str().to_owned(),
+                serde_json::from_slice(&state.body()).unwrap(),
+            ),
+            other => panic!("not an upsert: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_debezium_source_maps_its_ids_and_fields_into_the_canonical_shape() {
+        let s = with_programs(
+            src(ValueFormat::Debezium, "gx."),
+            r#"{id: $id, name: "\(.first) \(.last)", company: "globex"}"#,
+            Some(r#""E\(.emp_no)""#),
+        );
+        let up = decode(
+            &s,
+            Some(br#"{"payload":{"emp_no":42}}"#),
+            Some(br#"{"op":"c","after":{"first":"Ada","last":"L","salary":9}}"#),
+            1000,
+        )
+        .unwrap();
+        assert_eq!(
+            upserted(up),
+            (
+                "gx.E42".to_owned(),
+                serde_json::json!({"id": "gx.E42", "name": "Ada L", "company": "globex"})
+            )
+        );
+        // A tombstone carries only the key: the id program still names it.
+        let del = decode(&s, Some(br#"{"emp_no":42}"#), None, 1000).unwrap();
+        assert_eq!(del.id().as_str(), "gx.E42");
+        assert!(matches!(del, Decoded::Delete { .. }));
+    }
+
+    #[test]
+    fn a_filtered_state_deletes_and_failures_are_poison_without_values() {
+        let s = with_programs(
+            src(ValueFormat::Json, ""),
+            r#"select(.status != "gone") | {n: (.n + 1)}"#,
+            None,
+        );
+        let filtered = decode(&s, Some(b"E1"), Some(br#"{"status":"gone"}"#), 100).unwrap();
+        assert_eq!(
+            filtered,
+            Decoded::Filtered {
+                id: EntityId::parse("E1").unwrap()
+            }
+        );
+        let e = decode(&s, Some(b"E1"), Some(br#"{"n":"SECRET"}"#), 100).unwrap_err();
+        assert_eq!(e.code(), "transform_error");
+        assert!(!e.to_string().contains("SECRET"), "{e}");
+        let s = with_programs(src(ValueFormat::Json, ""), ".n", Some(".x"));
+        let e = decode(&s, Some(b"E1"), Some(br#"{"n":1}"#), 100).unwrap_err();
+        assert_eq!(e.code(), "transform_error", "a string key has no .x: {e}");
+        let s = with_programs(src(ValueFormat::Json, ""), ".n", None);
+        let e = decode(&s, Some(b"E1"), Some(br#"{"n":1}"#), 100).unwrap_err();
+        assert_eq!(e.code(), "transform_output");
+        let mut s = with_programs(src(ValueFormat::Json, ""), "{email: .mail}", None);
+        s.programs.schema = Some(std::sync::Arc::new(
+            foldcache_common::schema::Schema::compile(&serde_json::json!({
+                "properties": {"email": {"type": "string"}}
+            }))
+            .unwrap(),
+        ));
+        let e = decode(&s, Some(b"E1"), Some(br#"{"mail":9876}"#), 100).unwrap_err();
+        assert_eq!(e.code(), "schema_violation");
+        assert!(e.to_string().contains("\"/email\""), "{e}");
+        assert!(!e.to_string().contains("9876"), "{e}");
+        let s = with_programs(src(ValueFormat::Json, ""), r#"{"_fc:x": 1}"#, None);
+        let e = decode(&s, Some(b"E1"), Some(b"{}"), 100).unwrap_err();
+        assert_eq!(e.code(), "reserved_field");
     }
 
     #[test]

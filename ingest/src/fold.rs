@@ -248,7 +248,7 @@ impl PartitionBatch {
         let id = decoded.id().as_str().to_owned();
         let key = keys.entity(generation, &source.entity, decoded.id());
         let fields = match decoded {
-            Decoded::Delete { .. } => None,
+            Decoded::Delete { .. } | Decoded::Filtered { .. } => None,
             Decoded::Upsert { state, .. } => {
                 let etag = etag_of(&state.body());
                 let mut f: Vec<(String, String)> = Vec::with_capacity(state.fields().len() + 3);

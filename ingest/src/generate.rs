@@ -8,6 +8,18 @@ use rand::seq::IndexedRandom;
 use rand::{Rng, SeedableRng};
 use serde_json::{Value, json};
 
+/// A realistic per-source `transform` of the generated employees into a
+/// directory shape: a filter, renames by construction, nested picks, a
+/// constant, a code table and a type conversion. The benchmarks measure
+/// ingest with it (docs/BENCHMARKS.md).
+pub const EMPLOYEE_MAPPING: &str = r#"def divisions: {"T000000": "eng", "T000001": "ops", "T000002": "sales"};
+select(.active)
+| {id: $id, company: "northwind", name: .name, email: .email,
+   team_id: .team_id, division: (divisions[.team_id] // "other"),
+   manager_id: .manager_id, title: .title, city: .address.city,
+   country: .address.country, hire_year: (.hire_date[0:4] | tonumber),
+   skills: .skills}"#;
+
 /// What to generate.
 #[derive(Debug, Clone)]
 pub struct GenOptions {

@@ -127,6 +127,13 @@ enum DeadLetterCommand {
     },
 }
 
+/// mimalloc instead of the system allocator: the fold and, above all, the
+/// per-source jq programs allocate many small short-lived values, and
+/// glibc's malloc/free took about a third of a mapped record's CPU
+/// (docs/BENCHMARKS.md).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> std::process::ExitCode {
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(r) => r,

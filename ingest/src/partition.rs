@@ -211,10 +211,10 @@ impl PartitionTask {
         let limits = self.pipeline.limits;
         match decode_within(&self.source, m.key(), m.payload(), limits) {
             Ok(decoded) => {
-                let kind = if matches!(decoded, Decoded::Delete { .. }) {
-                    "delete"
-                } else {
-                    "upsert"
+                let kind = match decoded {
+                    Decoded::Upsert { .. } => "upsert",
+                    Decoded::Delete { .. } => "delete",
+                    Decoded::Filtered { .. } => "filtered",
                 };
                 metrics::counter!("foldcache_ingest_records_total",
                     "entity" => self.source.entity.to_string(), "kind" => kind)

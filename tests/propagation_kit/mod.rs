@@ -135,6 +135,7 @@ impl Api {
             format: ValueFormat::Json,
             id_prefix: String::new(),
             ttl_ms: 600_000,
+            programs: Default::default(),
         };
         let mut batch = PartitionBatch::new(&source.topic, 0);
         let offset = self.offsets.entry(entity.to_owned()).or_insert(0);

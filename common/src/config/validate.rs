@@ -7,9 +7,11 @@
 //! Secrets (`redis.url`, `[kafka.client]` values, `ingest.admin_token`) are
 //! never part of a message.
 
-use super::{Config, ConfigError, EntityConfig, FULL_VIEW};
+use super::{Config, ConfigError, EntityConfig, FULL_VIEW, SourceConfig};
 use crate::id::{EntityName, IdError};
 use crate::keys::META_PREFIX;
+use crate::schema::Schema;
+use crate::transform::{Compile, Program};
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Display;
 
@@ -504,6 +506,7 @@ fn sources(c: &Config) -> Result<(), ConfigError> {
                 )
             })?;
         }
+        programs(i, s)?;
         if !prefixes.insert((&s.entity, &s.id_prefix)) {
             return Err(reject(
                 format!("sources[{i}].id_prefix"),
@@ -517,6 +520,36 @@ fn sources(c: &Config) -> Result<(), ConfigError> {
         }
     }
     Ok(())
+}
+
+/// A source's jq programs must compile (ingest compiles them again when it
+/// resolves its sources; a bad one must stop both binaries here first).
+fn programs(i: usize, s: &SourceConfig) -> Result<(), ConfigError> {
+    let checks: [(&str, &Option<String>, Compile); 2] = [
+        ("transform", &s.transform, Program::transform),
+        ("id_from_key", &s.id_from_key, Program::id_from_key),
+    ];
+    for (name, code, compile) in checks {
+        if let Some(code) = code {
+            compile(code).map_err(|why| {
+                reject(
+                    format!("sources[{i}].{name}"),
+                    program_excerpt(code),
+                    format!("not a valid jq program: {why}"),
+                )
+            })?;
+        }
+    }
+    Ok(())
+}
+
+/// A program as one quoted line, cut after 60 characters: the error names
+/// the line and column where it went wrong, the file holds the rest.
+fn program_excerpt(code: &str) -> String {
+    match code.char_indices().nth(60) {
+        Some((cut, _)) => format!("{}...", quoted(&code[..cut])),
+        None => quoted(code),
+    }
 }
 
 /// An id prefix must itself start like an id and use only id characters
@@ -539,6 +572,15 @@ fn entities(c: &Config) -> Result<(), ConfigError> {
             return Err(reject(format!("entities.{name:?}"), "{..}", err));
         }
         entity_ttl(name, e)?;
+        if let Some(path) = &e.schema_file {
+            Schema::load(path).map_err(|why| {
+                reject(
+                    format!("entities.{name}.schema_file"),
+                    quoted(&path.to_string_lossy()),
+                    why,
+                )
+            })?;
+        }
         let bound_ms = e.freshness_secs.saturating_mul(1000);
         if lag_ms.saturating_mul(2) > bound_ms {
             return Err(reject(
@@ -1062,6 +1104,58 @@ mod tests {
             "security.protocol".into(),
             crate::secret::Secret::new("SASL_SSL".into()),
         );
+        c.validate().unwrap();
+    }
+
+    #[test]
+    fn a_bad_jq_program_is_one_line_naming_the_source_and_the_place() {
+        let mut c = Config::default();
+        c.sources[1].transform = Some("{name: .first +\n}".into());
+        let line = refused(&c);
+        assert_eq!(
+            line,
+            "sources[1].transform = \"{name: .first +\\n}\": not a valid jq program: \
+             does not parse: expected term at line 2 column 1"
+        );
+        c.sources[1].transform = Some("{id: $id, team: teams[.dept]}".into());
+        assert_eq!(
+            refused(&c),
+            "sources[1].transform = \"{id: $id, team: teams[.dept]}\": not a valid jq program: \
+             undefined filter `teams` at line 1 column 17"
+        );
+        c.sources[1].transform = Some(format!("{{a: .a}}{}", " | .".repeat(30)));
+        c.sources[1].id_from_key = Some("$id".into());
+        let line = refused(&c);
+        assert!(
+            line.starts_with("sources[1].id_from_key = \"$id\""),
+            "{line}"
+        );
+        c.sources[1].id_from_key = Some(".id".into());
+        c.sources[1].transform = Some(format!("{{a: .a}}{} |", " | .".repeat(30)));
+        let line = refused(&c);
+        assert!(
+            line.contains(". | . \"...: not a valid jq program: does not parse"),
+            "{line}"
+        );
+    }
+
+    #[test]
+    fn an_entity_schema_must_be_a_readable_json_schema() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("employees.json");
+        let mut c = Config::default();
+        c.entities.get_mut("employees").unwrap().schema_file = Some(path.clone());
+        let line = refused(&c);
+        assert!(
+            line.starts_with(&format!(
+                "entities.employees.schema_file = {:?}: cannot read it",
+                path.to_string_lossy()
+            )),
+            "{line}"
+        );
+        std::fs::write(&path, r#"{"type": "objekt"}"#).unwrap();
+        assert!(refused(&c).contains(": not a valid JSON Schema at"));
+        std::fs::write(&path, r#"{"type": "object", "required": ["id"]}"#).unwrap();
         c.validate().unwrap();
     }
 
