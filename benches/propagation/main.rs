@@ -200,6 +200,8 @@ fn producer_config(stack: &Stack) -> Config {
         entity: (*entity).into(),
         format: ValueFormat::Json,
         id_prefix: String::new(),
+        transform: None,
+        id_from_key: None,
     })
     .collect();
     config
