@@ -37,13 +37,13 @@ use crate::collection::{cursor_error, parse_limit};
 use crate::conditional::Validators;
 use crate::cursor::{Cursor, Scope, StreamPos};
 use crate::error::ApiError;
-use crate::hub::{Change, render_event};
+use crate::hub::{Change, render_event, sse_frame};
 use crate::routes::{entity_policy, truncate, unavailable};
 use crate::store::ChangesRead;
 use crate::{AppState, EntityPolicy, prefer};
 use axum::extract::{Path, RawQuery, State};
-use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
+use bytes::Bytes;
 use foldcache_common::id::EntityName;
 use foldcache_common::state::etag_of;
 use http::{HeaderMap, HeaderValue, StatusCode, header};
@@ -321,7 +321,7 @@ async fn stream(
         }
         None => tail(&app, name, scope.generation).await?,
     };
-    let (tx, out) = mpsc::channel::<SseEvent>(app.sse.buffer_events);
+    let (tx, out) = mpsc::channel::<Bytes>(app.sse.buffer_events);
     let producer = Producer {
         app: app.clone(),
         name: name.clone(),
@@ -336,22 +336,56 @@ async fn stream(
         metrics::gauge!("foldcache_http_sse_connections").decrement(1.0);
         metrics::counter!("foldcache_http_sse_ended_total", "reason" => reason).increment(1);
     });
-    let body = futures_util::stream::unfold(out, |mut out| async move {
-        out.recv().await.map(|e| (Ok::<_, Infallible>(e), out))
-    });
-    let mut res = Sse::new(body)
-        .keep_alive(
-            KeepAlive::new()
-                .interval(app.sse.heartbeat)
-                .text("heartbeat"),
-        )
-        .into_response();
+    let mut res = Response::new(axum::body::Body::from_stream(body(out, app.sse.heartbeat)));
+    res.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/event-stream"),
+    );
     let h = res.headers_mut();
     h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     h.insert(header::VARY, vary(&app));
     // nginx: do not buffer the stream.
     h.insert("x-accel-buffering", HeaderValue::from_static("no"));
     Ok(res)
+}
+
+/// Most bytes one write of an event stream takes from its queue.
+const WRITE_BYTES: usize = 64 * 1024;
+
+/// The response body of an event stream: the queue's frames, several at a
+/// time when they wait (one write instead of many), and a heartbeat comment
+/// after `heartbeat` without one.
+fn body(
+    out: mpsc::Receiver<Bytes>,
+    heartbeat: Duration,
+) -> impl futures_util::Stream<Item = Result<Bytes, Infallible>> {
+    futures_util::stream::unfold(out, move |mut out| async move {
+        let first = match tokio::time::timeout(heartbeat, out.recv()).await {
+            Ok(Some(frame)) => frame,
+            Ok(None) => return None,
+            Err(_) => return Some((Ok(Bytes::from_static(b":heartbeat\n\n")), out)),
+        };
+        let mut more = Vec::new();
+        let mut len = first.len();
+        while len < WRITE_BYTES {
+            match out.try_recv() {
+                Ok(frame) => {
+                    len += frame.len();
+                    more.push(frame);
+                }
+                Err(_) => break,
+            }
+        }
+        if more.is_empty() {
+            return Some((Ok(first), out));
+        }
+        let mut joined = Vec::with_capacity(len);
+        joined.extend_from_slice(&first);
+        for f in more {
+            joined.extend_from_slice(&f);
+        }
+        Some((Ok(Bytes::from(joined)), out))
+    })
 }
 
 /// One event stream's producer: catches up from Redis, then forwards the
@@ -362,22 +396,7 @@ struct Producer {
     view: Arc<View>,
     scope: Scope,
     pos: StreamPos,
-    tx: mpsc::Sender<SseEvent>,
-}
-
-fn sse_event(scope: &Scope, entry: &crate::store::ChangeEntry, json: &[u8]) -> SseEvent {
-    let op = match entry.op {
-        crate::store::ChangeOp::Delete => "delete",
-        _ => "upsert",
-    };
-    SseEvent::default()
-        .event(op)
-        .id(Cursor::Changes {
-            scope: scope.clone(),
-            after: entry.pos,
-        }
-        .encode())
-        .data(String::from_utf8_lossy(json))
+    tx: mpsc::Sender<Bytes>,
 }
 
 impl Producer {
@@ -387,11 +406,7 @@ impl Producer {
         let mut closing = self.app.closing.clone();
         let _ = self
             .tx
-            .send(
-                SseEvent::default()
-                    .retry(Duration::from_secs(1))
-                    .comment("ok"),
-            )
+            .send(Bytes::from_static(b"retry: 1000\n:ok\n\n"))
             .await;
         'catch_up: loop {
             // Catch up from Redis, at the client's pace.
@@ -416,17 +431,13 @@ impl Producer {
                     break;
                 };
                 for e in &read.entries {
-                    let Some(json) = render_event(&self.scope, e, &self.view) else {
+                    let Some(frame) = sse_frame(&self.scope, e, &self.view) else {
                         continue;
                     };
                     // The client's own backlog goes at its pace, but a
                     // client that takes nothing for a heartbeat interval is
                     // too slow: it resumes later with Last-Event-ID.
-                    match self
-                        .tx
-                        .send_timeout(sse_event(&self.scope, e, &json), self.app.sse.heartbeat)
-                        .await
-                    {
+                    match self.tx.send_timeout(frame, self.app.sse.heartbeat).await {
                         Ok(()) => {}
                         Err(mpsc::error::SendTimeoutError::Timeout(_)) => return "slow",
                         Err(mpsc::error::SendTimeoutError::Closed(_)) => return "client",
@@ -450,11 +461,11 @@ impl Producer {
                         }
                         Change::Resync(_) => return self.resync(),
                         Change::Event(ev) if ev.scope == self.scope && ev.entry.pos > self.pos => {
-                            let json = ev.render(&self.view);
-                            if json.is_empty() {
+                            let frame = ev.frame(&self.view);
+                            if frame.is_empty() {
                                 continue;
                             }
-                            match self.tx.try_send(sse_event(&self.scope, &ev.entry, &json)) {
+                            match self.tx.try_send(frame) {
                                 Ok(()) => self.pos = ev.entry.pos,
                                 Err(mpsc::error::TrySendError::Full(_)) => return "slow",
                                 Err(mpsc::error::TrySendError::Closed(_)) => return "client",
@@ -484,7 +495,7 @@ impl Producer {
         // 410 and resyncs all the same.
         let _ = self
             .tx
-            .try_send(SseEvent::default().event("resync").data(data));
+            .try_send(Bytes::from(format!("event: resync\ndata: {data}\n\n")));
         "resync"
     }
 }

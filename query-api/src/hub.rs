@@ -59,7 +59,8 @@ pub struct Event {
     pub scope: Scope,
     /// Its entry.
     pub entry: ChangeEntry,
-    /// Rendered JSON per view name, made once for all subscribers of a view.
+    /// Rendered SSE frames per view name, made once for all subscribers of a
+    /// view.
     rendered: Mutex<Vec<(String, bytes::Bytes)>>,
 }
 
@@ -72,17 +73,48 @@ impl Event {
         }
     }
 
-    /// The event's JSON in `view`, rendered once per view.
-    pub fn render(&self, view: &View) -> bytes::Bytes {
+    /// The event's whole Server-Sent Events frame in `view`, rendered once
+    /// per view and shared (not copied) by every stream of that view; empty
+    /// for an entry the view cannot render.
+    pub fn frame(&self, view: &View) -> bytes::Bytes {
         let mut r = self.rendered.lock().unwrap_or_else(|e| e.into_inner());
         if let Some((_, b)) = r.iter().find(|(v, _)| *v == view.name) {
             return b.clone();
         }
-        let b =
-            bytes::Bytes::from(render_event(&self.scope, &self.entry, view).unwrap_or_default());
+        let b = sse_frame(&self.scope, &self.entry, view).unwrap_or_default();
         r.push((view.name.clone(), b.clone()));
         b
     }
+}
+
+/// One change as a Server-Sent Events frame:
+/// `event: upsert|delete`, `id:` its cursor, `data:` its JSON
+/// ([`render_event`]); `None` for a superseded entry.
+pub fn sse_frame(scope: &Scope, entry: &ChangeEntry, view: &View) -> Option<bytes::Bytes> {
+    let json = render_event(scope, entry, view)?;
+    let op = match entry.op {
+        ChangeOp::Delete => "delete",
+        _ => "upsert",
+    };
+    let cursor = crate::cursor::Cursor::Changes {
+        scope: scope.clone(),
+        after: entry.pos,
+    }
+    .encode();
+    let mut out = Vec::with_capacity(json.len() + cursor.len() + 32);
+    out.extend_from_slice(b"event: ");
+    out.extend_from_slice(op.as_bytes());
+    out.extend_from_slice(b"\nid: ");
+    out.extend_from_slice(cursor.as_bytes());
+    out.push(b'\n');
+    // Compact JSON has no line breaks; split all the same, as SSE requires.
+    for line in json.split(|b| *b == b'\n') {
+        out.extend_from_slice(b"data: ");
+        out.extend_from_slice(line);
+        out.push(b'\n');
+    }
+    out.push(b'\n');
+    Some(out.into())
 }
 
 /// The JSON of one change in `view`:
