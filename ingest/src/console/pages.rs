@@ -443,15 +443,15 @@ pub fn dead_letters(dead: &Summary, topic: &str, csrf: Option<&str>) -> String {
         h.push_str("<p>Nothing to re-drive.</p>\n");
     }
     h.push_str("</div>\n</section>\n");
-    if !dead.reasons.is_empty() {
-        h.push_str(
-            "<section aria-labelledby=\"h-redrive\">\n<h2 id=\"h-redrive\">Re-drive the selected dead letters</h2>\n\
-             <p>After the upstream fix (or a config change such as a larger <code>ingest.max_value_bytes</code>), each selected record is produced again to its origin topic and partition. \
-             Records that would still fail, envelopes, and records the cache has already superseded are refused. You see what would happen before anything is produced.</p>\n\
-             <div class=\"inline\"><div><label for=\"to\">Topic (empty: each letter's origin)</label><input type=\"text\" id=\"to\" name=\"to\" autocomplete=\"off\"></div>\
-             <button type=\"submit\" id=\"check-redrive\">Check the selected…</button></div>\n</section>\n",
-        );
-    }
+    // Always offered: the list above updates itself (a dead letter read
+    // after this page was served appears without a reload).
+    h.push_str(
+        "<section aria-labelledby=\"h-redrive\">\n<h2 id=\"h-redrive\">Re-drive the selected dead letters</h2>\n\
+         <p>After the upstream fix (or a config change such as a larger <code>ingest.max_value_bytes</code>), each selected record is produced again to its origin topic and partition. \
+         Records that would still fail, envelopes, and records the cache has already superseded are refused. You see what would happen before anything is produced.</p>\n\
+         <div class=\"inline\"><div><label for=\"to\">Topic (empty: each letter's origin)</label><input type=\"text\" id=\"to\" name=\"to\" autocomplete=\"off\"></div>\
+         <button type=\"submit\" id=\"check-redrive\">Check the selected…</button></div>\n</section>\n",
+    );
     h.push_str("</form>\n");
     h
 }
