@@ -91,16 +91,12 @@ impl Event {
 /// `event: upsert|delete`, `id:` its cursor, `data:` its JSON
 /// ([`render_event`]); `None` for a superseded entry.
 pub fn sse_frame(scope: &Scope, entry: &ChangeEntry, view: &View) -> Option<bytes::Bytes> {
-    let json = render_event(scope, entry, view)?;
+    let cursor = change_cursor(scope, entry);
+    let json = event_json(&cursor, entry, view)?;
     let op = match entry.op {
         ChangeOp::Delete => "delete",
         _ => "upsert",
     };
-    let cursor = crate::cursor::Cursor::Changes {
-        scope: scope.clone(),
-        after: entry.pos,
-    }
-    .encode();
     let mut out = Vec::with_capacity(json.len() + cursor.len() + 32);
     out.extend_from_slice(b"event: ");
     out.extend_from_slice(op.as_bytes());
@@ -121,11 +117,20 @@ pub fn sse_frame(scope: &Scope, entry: &ChangeEntry, view: &View) -> Option<byte
 /// `{"cursor":..,"etag":..,"id":..,"op":"upsert","state":{..}}` or
 /// `{"cursor":..,"id":..,"op":"delete"}`; `None` for a superseded entry.
 pub fn render_event(scope: &Scope, entry: &ChangeEntry, view: &View) -> Option<Vec<u8>> {
-    let cursor = crate::cursor::Cursor::Changes {
+    event_json(&change_cursor(scope, entry), entry, view)
+}
+
+/// The cursor that resumes after `entry`.
+fn change_cursor(scope: &Scope, entry: &ChangeEntry) -> String {
+    crate::cursor::Cursor::Changes {
         scope: scope.clone(),
         after: entry.pos,
     }
-    .encode();
+    .encode()
+}
+
+/// [`render_event`] with its cursor already encoded.
+fn event_json(cursor: &str, entry: &ChangeEntry, view: &View) -> Option<Vec<u8>> {
     // Cursors are base64url, ids `[A-Za-z0-9._-]`, ETags base64url: no
     // escaping needed.
     match &entry.op {
