@@ -159,8 +159,14 @@ async fn a_dropped_invalidation_connection_empties_and_bypasses_the_cache() -> R
         async move { Ok(cache.enabled().then_some(())) }
     })
     .await?;
-    f.read_v().await?;
-    f.read_v().await?;
+    // Reads until one hits: an invalidation that arrives as tracking
+    // starts (seen in CI) may empty the cache between the first two.
+    for _ in 0..50 {
+        f.read_v().await?;
+        if f.cache.stats().hits >= 1 {
+            break;
+        }
+    }
     assert!(f.cache.entry_count() >= 1);
     assert!(f.cache.stats().hits >= 1, "{:?}", f.cache.stats());
 
