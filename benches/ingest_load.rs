@@ -56,6 +56,8 @@ async fn main() -> Result<()> {
             id_prefix: String::new(),
             transform: None,
             id_from_key: None,
+            fields: None,
+            priority: 0,
         })
         .collect();
 

@@ -112,6 +112,7 @@ async fn fixture(config: &Config) -> Result<Fixture> {
                 id_prefix: String::new(),
                 ttl_ms: 600_000,
                 programs: Default::default(),
+                role: foldcache_ingest::source::Role::State,
             };
             let value = e.value.as_ref().map(Value::to_string);
             let d = decode(

@@ -43,6 +43,7 @@ fn employees_source() -> Result<Source> {
         id_prefix: String::new(),
         ttl_ms: 60_000,
         programs: Default::default(),
+        role: foldcache_ingest::source::Role::State,
     })
 }
 

@@ -65,6 +65,7 @@ impl Fixture {
                 id_prefix: String::new(),
                 ttl_ms: 600_000,
                 programs: Default::default(),
+                role: foldcache_ingest::source::Role::State,
             },
             app,
             cache,

@@ -202,6 +202,8 @@ fn producer_config(stack: &Stack) -> Config {
         id_prefix: String::new(),
         transform: None,
         id_from_key: None,
+        fields: None,
+        priority: 0,
     })
     .collect();
     config

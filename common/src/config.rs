@@ -356,6 +356,20 @@ pub struct SourceConfig {
     /// JSON) to the source id, before `id_prefix`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub id_from_key: Option<String>,
+    /// Only with `entities.<entity>.merge`: the top-level members this
+    /// source contributes (the others in its states are ignored); unset:
+    /// every member of its states.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fields: Option<Vec<String>>,
+    /// Only with `entities.<entity>.merge`: when two sources hold the same
+    /// member of one entity, the higher priority wins; on equal priorities
+    /// the source listed first in `sources` wins.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub priority: i32,
+}
+
+fn is_zero(n: &i32) -> bool {
+    *n == 0
 }
 
 /// Record value encodings.
@@ -412,6 +426,23 @@ pub struct EntityConfig {
     /// is dead-lettered with the failing path.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub schema_file: Option<PathBuf>,
+    /// Several sources, one entity: each source's record is that source's
+    /// *part* of the entity (its members; a tombstone removes the part
+    /// only), and the served entity is the union of its parts, the
+    /// higher-priority source winning a member two parts hold. The entity
+    /// is removed when no source holds it. See docs/ARCHITECTURE.md,
+    /// *Merged entities*.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub merge: bool,
+    /// With `merge`: a compacted topic of identity links, key = an id as
+    /// a source's records name it (after `id_prefix`), value = the
+    /// canonical id its parts are folded into (a tombstone unlinks).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub links_topic: Option<String>,
+}
+
+fn is_false(b: &bool) -> bool {
+    !*b
 }
 
 /// One secondary index of an entity.
@@ -490,6 +521,8 @@ impl Default for Config {
             changes_max_len: changes_max_len(),
             changes_max_age_secs: changes_max_age_secs(),
             schema_file: None,
+            merge: false,
+            links_topic: None,
         };
         let index = |field: &str, unique| IndexConfig {
             field: field.into(),
@@ -515,6 +548,8 @@ impl Default for Config {
             id_prefix: String::new(),
             transform: None,
             id_from_key: None,
+            fields: None,
+            priority: 0,
         };
         Self {
             redis: RedisConfig {

@@ -17,6 +17,11 @@
 //!                                           (`op` u|d, `id`, `etag`)
 //! {prefix}:g{gen}:{{entity}}:_ix:{index}:{value}
 //!                                     zset  ids whose state holds `value` in `index`
+//! {prefix}:g{gen}:{{entity}}:_links    hash  merged entities' identity links: an id
+//!                                           as a source names it -> its canonical id
+//! {prefix}:g{gen}:{{entity}}:_parts:{id}
+//!                                     hash  a merged entity's parts: `{topic}:{source id}`
+//!                                           -> what that source holds (cmsgpack)
 //! ```
 //!
 //! Ids and entity names are validated ([`crate::id`]) so they cannot contain
@@ -143,6 +148,18 @@ impl KeySpace {
     /// One entity type's change log (a stream) in one generation.
     pub fn changes(&self, generation: u64, entity: &EntityName) -> String {
         format!("{}:g{generation}:{{{entity}}}:_changes", self.prefix)
+    }
+
+    /// A merged entity type's identity links (id as the sources name it ->
+    /// canonical id), as its links topic last said, in one generation.
+    pub fn links(&self, generation: u64, entity: &EntityName) -> String {
+        format!("{}:g{generation}:{{{entity}}}:_links", self.prefix)
+    }
+
+    /// The common prefix of a merged entity type's parts hashes (an id
+    /// appended gives the hash of the parts folded into that id).
+    pub fn parts_prefix(&self, generation: u64, entity: &EntityName) -> String {
+        format!("{}:g{generation}:{{{entity}}}:_parts:", self.prefix)
     }
 
     /// The prefix of one entity type's index keys; an index entry
@@ -277,6 +294,8 @@ mod tests {
         assert_eq!(partition_field("hr.teams", 2), "hr.teams/2");
         assert_eq!(ks.ids(3, &e), "fc:g3:{employees}:_ids");
         assert_eq!(ks.changes(3, &e), "fc:g3:{employees}:_changes");
+        assert_eq!(ks.links(3, &e), "fc:g3:{employees}:_links");
+        assert_eq!(ks.parts_prefix(3, &e), "fc:g3:{employees}:_parts:");
         assert_eq!(
             ks.index(3, &e, "email", "a b@x"),
             "fc:g3:{employees}:_ix:email:a%20b@x"

@@ -139,7 +139,9 @@ pub fn write_canonical(value: &Value, out: &mut Vec<u8>) {
     }
 }
 
-fn write_json_string(s: &str, out: &mut Vec<u8>) {
+/// Writes `s` as a JSON string, escaped as the canonical encoding escapes
+/// member names and string values.
+pub fn write_json_string(s: &str, out: &mut Vec<u8>) {
     let _ignored = serde_json::to_writer(&mut *out, s);
 }
 

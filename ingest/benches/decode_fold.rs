@@ -95,6 +95,7 @@ fn employees_source(programs: SourcePrograms) -> Source {
         id_prefix: String::new(),
         ttl_ms: 604_800_000,
         programs,
+        role: foldcache_ingest::source::Role::State,
     }
 }
 

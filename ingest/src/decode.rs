@@ -6,7 +6,7 @@
 //! state (`foldcache_common::transform`); a state the transform filters
 //! out deletes, like a tombstone, since a record is its key's whole state.
 
-use crate::source::Source;
+use crate::source::{Role, Source};
 use foldcache_common::config::ValueFormat;
 use foldcache_common::id::{EntityId, IdError};
 use foldcache_common::schema::SchemaViolation;
@@ -36,13 +36,25 @@ pub enum Decoded {
         /// The entity id (source prefix applied).
         id: EntityId,
     },
+    /// An identity link (a links topic's record): the parts the sources
+    /// hold under `id` are folded into `target` from now on (`None`:
+    /// unlinked, back under `id`).
+    Link {
+        /// The id as the sources name it.
+        id: EntityId,
+        /// Its canonical id.
+        target: Option<EntityId>,
+    },
 }
 
 impl Decoded {
     /// The entity id either way.
     pub fn id(&self) -> &EntityId {
         match self {
-            Decoded::Upsert { id, .. } | Decoded::Delete { id } | Decoded::Filtered { id } => id,
+            Decoded::Upsert { id, .. }
+            | Decoded::Delete { id }
+            | Decoded::Filtered { id }
+            | Decoded::Link { id, .. } => id,
         }
     }
 }
@@ -147,6 +159,9 @@ pub fn decode_within(
 ) -> Result<Decoded, Poison> {
     let max_value_bytes = limits.max_value_bytes;
     let key = key.ok_or(Poison::MissingKey)?;
+    if source.role == Role::Links {
+        return decode_link(key, value, max_value_bytes);
+    }
     let id = entity_id(source, key)?;
     let Some(value) = value else {
         return Ok(Decoded::Delete { id });
@@ -186,6 +201,13 @@ pub fn decode_within(
             None => return Ok(Decoded::Filtered { id }),
         },
     };
+    let state = match (&source.role, state) {
+        (Role::Part { fields: Some(keep) }, Value::Object(mut members)) => {
+            members.retain(|name, _| keep.contains(name));
+            Value::Object(members)
+        }
+        (_, state) => state,
+    };
     if let Some(schema) = &source.programs.schema {
         schema.check(&state).map_err(Poison::Schema)?;
     }
@@ -201,6 +223,40 @@ fn json_error_position(e: &serde_json::Error) -> String {
         e.line(),
         e.column()
     )
+}
+
+/// A link record: key = the id as the sources name it, value = the
+/// canonical id, as text or as a JSON string; null (or JSON `null`)
+/// unlinks.
+fn decode_link(
+    key: &[u8],
+    value: Option<&[u8]>,
+    max_value_bytes: usize,
+) -> Result<Decoded, Poison> {
+    let id = EntityId::parse(utf8_key(key)?).map_err(Poison::InvalidId)?;
+    let Some(value) = value else {
+        return Ok(Decoded::Link { id, target: None });
+    };
+    if value.len() > max_value_bytes {
+        return Err(Poison::TooLarge {
+            size: value.len(),
+            limit: max_value_bytes,
+        });
+    }
+    let text = std::str::from_utf8(value)
+        .map_err(|_| Poison::InvalidUtf8)?
+        .trim();
+    let target = match text {
+        "null" => return Ok(Decoded::Link { id, target: None }),
+        quoted if quoted.starts_with('"') => serde_json::from_str::<String>(quoted)
+            .map_err(|e| Poison::InvalidJson(json_error_position(&e)))?,
+        bare => bare.to_owned(),
+    };
+    let target = EntityId::parse(&target).map_err(Poison::InvalidId)?;
+    Ok(Decoded::Link {
+        id,
+        target: Some(target),
+    })
 }
 
 fn entity_id(source: &Source, key: &[u8]) -> Result<EntityId, Poison> {
@@ -293,6 +349,7 @@ mod tests {
             id_prefix: prefix.into(),
             ttl_ms: 1000,
             programs: Default::default(),
+            role: crate::source::Role::State,
         }
     }
 

@@ -215,6 +215,7 @@ impl PartitionTask {
                     Decoded::Upsert { .. } => "upsert",
                     Decoded::Delete { .. } => "delete",
                     Decoded::Filtered { .. } => "filtered",
+                    Decoded::Link { .. } => "link",
                 };
                 metrics::counter!("foldcache_ingest_records_total",
                     "entity" => self.source.entity.to_string(), "kind" => kind)
@@ -292,7 +293,15 @@ impl PartitionTask {
         // Mirror into the consumer group for monitoring tools.
         let _ = self.consumer.store_offset(&self.tp.0, self.tp.1, next);
         if let Some(p) = &self.pipeline.purger {
-            p.purge(batch.partition.tags());
+            let mut tags = batch.partition.tags();
+            let entity = &self.source.entity;
+            tags.extend(
+                outcome
+                    .changed_ids
+                    .iter()
+                    .map(|id| format!("{entity}/{id}")),
+            );
+            p.purge(tags);
         }
         let entity = self.source.entity.to_string();
         for (label, n) in [

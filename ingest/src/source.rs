@@ -5,7 +5,7 @@ use foldcache_common::config::{Config, EntityConfig, ValueFormat};
 use foldcache_common::id::EntityName;
 use foldcache_common::schema::Schema;
 use foldcache_common::transform::{Compile, Program};
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
 
 /// One configured topic, validated.
@@ -23,6 +23,23 @@ pub struct Source {
     pub ttl_ms: u64,
     /// The source's jq programs, compiled once at start.
     pub programs: SourcePrograms,
+    /// What a record of the topic is to its entity.
+    pub role: Role,
+}
+
+/// What a record of a source's topic is to its entity.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Role {
+    /// The entity's whole state: it replaces what is stored.
+    State,
+    /// One source's part of a merged entity (`entities.<name>.merge`).
+    Part {
+        /// The members it contributes (`sources[].fields`); `None`: all.
+        fields: Option<Arc<BTreeSet<String>>>,
+    },
+    /// An identity link of a merged entity (`entities.<name>.links_topic`):
+    /// key = an id as the sources name it, value = its canonical id.
+    Links,
 }
 
 /// A source's compiled jq programs (`transform`, `id_from_key`) and its
@@ -99,6 +116,35 @@ impl Sources {
                             s.id_from_key.as_deref(),
                         )?
                     },
+                    role: if ec.merge {
+                        Role::Part {
+                            fields: s
+                                .fields
+                                .as_ref()
+                                .map(|f| Arc::new(f.iter().cloned().collect())),
+                        }
+                    } else {
+                        Role::State
+                    },
+                }),
+            );
+        }
+        for (name, e) in &config.entities {
+            let Some(topic) = &e.links_topic else {
+                continue;
+            };
+            let entity =
+                EntityName::parse(name).map_err(|why| anyhow::anyhow!("entity {name:?}: {why}"))?;
+            map.insert(
+                topic.clone(),
+                Arc::new(Source {
+                    topic: topic.clone(),
+                    entity,
+                    format: ValueFormat::Json,
+                    id_prefix: String::new(),
+                    ttl_ms: e.ttl_secs.saturating_mul(1000),
+                    programs: SourcePrograms::default(),
+                    role: Role::Links,
                 }),
             );
         }

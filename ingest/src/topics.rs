@@ -1,4 +1,5 @@
-//! Creates the source topics (compacted) and the dead-letter topic.
+//! Creates the source and links topics (compacted) and the dead-letter
+//! topic.
 
 use crate::kafka::kafka_client_config;
 use anyhow::Context as _;
@@ -7,7 +8,7 @@ use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::types::RDKafkaErrorCode;
 
-/// Creates every configured source topic with `cleanup.policy=compact`, and
+/// Creates every configured source and links topic with `cleanup.policy=compact`, and
 /// the dead-letter topic with `cleanup.policy=delete`. Topics that exist are
 /// left as they are.
 pub async fn create_topics(
@@ -18,11 +19,17 @@ pub async fn create_topics(
     let admin: AdminClient<DefaultClientContext> = kafka_client_config(config)
         .create()
         .context("creating the Kafka admin client")?;
+    let links = config
+        .entities
+        .values()
+        .filter_map(|e| e.links_topic.as_ref());
     let mut topics: Vec<NewTopic<'_>> = config
         .sources
         .iter()
-        .map(|s| {
-            NewTopic::new(&s.topic, partitions, TopicReplication::Fixed(replication))
+        .map(|s| &s.topic)
+        .chain(links)
+        .map(|topic| {
+            NewTopic::new(topic, partitions, TopicReplication::Fixed(replication))
                 .set("cleanup.policy", "compact")
         })
         .collect();

@@ -86,7 +86,8 @@ impl TtlRefresher {
         self.sweep(con, generation).await.map(Some)
     }
 
-    /// Resets the TTL of every entity hash of `generation`.
+    /// Resets the TTL of every entity hash (and merged entity's parts) of
+    /// `generation`.
     pub async fn sweep(
         &self,
         con: &mut ConnectionManager,
@@ -99,9 +100,16 @@ impl TtlRefresher {
         while let Some(keys) = scan.next_page(con).await? {
             let mut pipe = redis::pipe();
             for key in &keys {
-                // `{prefix}:g{gen}:{entity}:{id}`; other keys have no second ':'.
-                let Some((entity, _id)) = key[prefix_len..].split_once(':') else {
+                // `{prefix}:g{gen}:{entity}:{id}`, or a merged entity's
+                // parts, `{prefix}:g{gen}:{{entity}}:_parts:{id}`; other
+                // keys have no second ':' or are derived keys.
+                let Some((entity, rest)) = key[prefix_len..].split_once(':') else {
                     continue;
+                };
+                let entity = match entity.strip_prefix('{').and_then(|e| e.strip_suffix('}')) {
+                    Some(tagged) if rest.starts_with("_parts:") => tagged,
+                    Some(_) => continue,
+                    None => entity,
                 };
                 if let Some(ttl) = self.ttl_ms.get(entity) {
                     pipe.cmd("PEXPIRE").arg(key).arg(*ttl).ignore();

@@ -136,6 +136,7 @@ impl Api {
             id_prefix: String::new(),
             ttl_ms: 600_000,
             programs: Default::default(),
+            role: foldcache_ingest::source::Role::State,
         };
         let mut batch = PartitionBatch::new(&source.topic, 0);
         let offset = self.offsets.entry(entity.to_owned()).or_insert(0);

@@ -507,7 +507,10 @@ fn sources(c: &Config) -> Result<(), ConfigError> {
             })?;
         }
         programs(i, s)?;
-        if !prefixes.insert((&s.entity, &s.id_prefix)) {
+        let merged = c.entities.get(&s.entity).is_some_and(|e| e.merge);
+        contribution(i, s, merged)?;
+        // Merged sources share the entity's ids on purpose.
+        if !merged && !prefixes.insert((&s.entity, &s.id_prefix)) {
             return Err(reject(
                 format!("sources[{i}].id_prefix"),
                 quoted(&s.id_prefix),
@@ -518,6 +521,73 @@ fn sources(c: &Config) -> Result<(), ConfigError> {
                 ),
             ));
         }
+    }
+    for (name, e) in &c.entities {
+        let Some(topic) = &e.links_topic else {
+            continue;
+        };
+        let key = format!("entities.{name}.links_topic");
+        check_topic(&key, topic)?;
+        if !e.merge {
+            return Err(reject(
+                key,
+                quoted(topic),
+                format!(
+                    "links need entities.{name}.merge = true (a link moves each source's part \
+                     of an entity to its canonical id)"
+                ),
+            ));
+        }
+        if topics.contains(topic) || *topic == c.kafka.dead_letter_topic {
+            return Err(reject(
+                key,
+                quoted(topic),
+                "is also a source topic or kafka.dead_letter_topic: a topic holds links or states, not both",
+            ));
+        }
+        if let Some(other) = metric_names.insert(topic.replace('.', "_"), key.clone()) {
+            return Err(reject(
+                key,
+                quoted(topic),
+                format!(
+                    "collides with {other} (the same topic, or one that differs only by '.' \
+                     versus '_')"
+                ),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// `fields` and `priority` say how a source contributes to a merged
+/// entity; elsewhere they would silently mean nothing.
+fn contribution(i: usize, s: &SourceConfig, merged: bool) -> Result<(), ConfigError> {
+    if !merged && (s.fields.is_some() || s.priority != 0) {
+        let (key, value) = match &s.fields {
+            Some(f) => ("fields", format!("{f:?}")),
+            None => ("priority", s.priority.to_string()),
+        };
+        return Err(reject(
+            format!("sources[{i}].{key}"),
+            value,
+            format!(
+                "only means something when entities.{}.merge = true (several sources, one entity)",
+                s.entity
+            ),
+        ));
+    }
+    let mut seen = BTreeSet::new();
+    for f in s.fields.iter().flatten() {
+        let why = if f.is_empty() {
+            "a member name cannot be empty"
+        } else if f.starts_with(META_PREFIX) {
+            "members starting with `_fc:` are foldcache's own"
+        } else if !seen.insert(f) {
+            "is listed twice"
+        } else {
+            continue;
+        };
+        return Err(reject(format!("sources[{i}].fields"), quoted(f), why));
     }
     Ok(())
 }
@@ -1180,6 +1250,62 @@ mod tests {
             "[entities]",
         );
         assert_refused(|c| c.sources.clear(), "sources", "no source");
+    }
+
+    #[test]
+    fn merged_entities_take_fields_priorities_and_a_links_topic() {
+        let merged = |c: &mut Config| {
+            c.entities.get_mut("employees").unwrap().merge = true;
+            let mut access = c.sources[0].clone();
+            access.topic = "access.grants".into();
+            access.fields = Some(vec!["grants".into()]);
+            access.priority = 5;
+            c.sources.push(access);
+        };
+        // Same id space, one owner per member: accepted.
+        let mut c = Config::default();
+        merged(&mut c);
+        c.entities.get_mut("employees").unwrap().links_topic = Some("hr.links".into());
+        c.validate().unwrap();
+        assert_refused(
+            |c| c.sources[0].fields = Some(vec!["name".into()]),
+            "sources[0].fields = [\"name\"]",
+            "entities.employees.merge = true",
+        );
+        assert_refused(
+            |c| c.sources[1].priority = 2,
+            "sources[1].priority = 2",
+            "entities.teams.merge = true",
+        );
+        assert_refused(
+            |c| {
+                merged(c);
+                c.sources[3].fields = Some(vec!["grants".into(), "grants".into()]);
+            },
+            "sources[3].fields = \"grants\"",
+            "listed twice",
+        );
+        assert_refused(
+            |c| {
+                merged(c);
+                c.sources[3].fields = Some(vec!["_fc:etag".into()]);
+            },
+            "sources[3].fields = \"_fc:etag\"",
+            "foldcache's own",
+        );
+        assert_refused(
+            |c| c.entities.get_mut("teams").unwrap().links_topic = Some("hr.links".into()),
+            "entities.teams.links_topic = \"hr.links\"",
+            "merge = true",
+        );
+        assert_refused(
+            |c| {
+                merged(c);
+                c.entities.get_mut("employees").unwrap().links_topic = Some("hr.teams".into());
+            },
+            "entities.employees.links_topic = \"hr.teams\"",
+            "links or states, not both",
+        );
     }
 
     #[test]

@@ -1,0 +1,337 @@
+//! The fold scripts' Lua, in the three pieces both scripts share: the
+//! guards and helpers ([`PRELUDE`]), one body per kind of batch
+//! ([`REPLACE`], [`MERGE`]), and retention plus the offset ([`EPILOGUE`]).
+//!
+//! Common arguments:
+//! KEYS[1] state hash, KEYS[2] offsets hash, KEYS[3] the entity type's ids
+//! (sorted set), KEYS[4] its change log (stream);
+//! ARGV[1] epoch, ARGV[2] partition field, ARGV[3] next offset after the
+//! batch, ARGV[4] 'epoch', ARGV[5] generation, ARGV[6] the offset the
+//! caller knows is stored (its position), ARGV[7] index key prefix, ARGV[8]
+//! change log length bound (0: none), ARGV[9] change log max age in ms (0:
+//! none), ARGV[10] unique index names, space-separated.
+//! Every script returns `{upserted, deleted, skipped, unique conflicts,
+//! ids whose served state changed (merge only)}`; a negative first number
+//! is a guard that refused the batch (nothing written).
+
+/// Guards (epoch, generation, Redis going back) and the helpers both
+/// bodies use: index moves, the change log and its trimming.
+pub const PRELUDE: &str = r"
+if redis.call('HGET', KEYS[1], ARGV[4]) ~= ARGV[1] then
+  return {-1, 0, 0, 0, {}}
+end
+-- A generation replaced by a rebuild is frozen at the swap: readers that
+-- have not switched yet never see it move ahead of the new one.
+if redis.call('HGET', KEYS[1], 'live_gen') ~= ARGV[5]
+   and redis.call('HGET', KEYS[1], 'build_gen') ~= ARGV[5] then
+  return {-2, 0, 0, 0, {}}
+end
+local stored = redis.call('HGET', KEYS[2], ARGV[2])
+local fence = 0
+if stored then fence = tonumber(stored) end
+-- Redis acknowledged offsets up to ARGV[6] and now holds less: it went
+-- back in time (restored snapshot, failed over to a lagging replica).
+if tonumber(ARGV[6]) > fence then
+  return {-3, fence, 0, 0, {}}
+end
+local maxlen = tonumber(ARGV[8])
+local unique = {}
+for name in string.gmatch(ARGV[10], '%S+') do unique[name] = true end
+local function entries(s)
+  local t = {}
+  if s then for e in string.gmatch(s, '[^\n]+') do t[e] = true end end
+  return t
+end
+local conflicts, logged = 0, 0
+local up, del, skip = 0, 0, 0
+local touched = {}
+-- Moves an id from its old index entries to its new ones.
+local function reindex(id, old, new)
+  for e in pairs(old) do
+    if not new[e] then redis.call('ZREM', ARGV[7] .. e, id) end
+  end
+  for e in pairs(new) do
+    if not old[e] then
+      local k = ARGV[7] .. e
+      redis.call('ZADD', k, 0, id)
+      if unique[string.match(e, '^[^:]+')] and redis.call('ZCARD', k) > 1 then
+        conflicts = conflicts + 1
+      end
+    end
+  end
+end
+-- The change log entry, in the same atomic step as the data.
+local last_id
+local function log_change(op, id, etag)
+  last_id = redis.call('XADD', KEYS[4], '*', 'op', op, 'id', id, 'etag', etag)
+  logged = logged + 1
+end
+-- Removes the log's entries up to and including `cut` and records it as
+-- the newest removed entry (XINFO's max-deleted-entry-id), so that readers
+-- know exactly which cursors have lost changes.
+local function trim_through(cut)
+  local ms, seq = string.match(cut, '^(%d+)-(%d+)$')
+  redis.call('XTRIM', KEYS[4], 'MINID', ms .. '-' .. (tonumber(seq) + 1))
+  redis.call('XSETID', KEYS[4], last_id, 'MAXDELETEDID', cut)
+end
+-- HSET of a long field list, in chunks: unpack() of thousands of values
+-- overflows Lua's stack.
+local function hset_all(key, list, from, last)
+  while from <= last do
+    local to = math.min(from + 999, last)
+    redis.call('HSET', key, unpack(list, from, to))
+    from = to + 1
+  end
+end
+";
+
+/// Whole states: each record replaces its entity hash.
+///
+/// KEYS[5..] entity hashes; from ARGV[11], per entity key: id, offset,
+/// ttl_ms, etag, mod, index entries ('\n'-separated), nfields (-1 =
+/// delete), name, value, ... (the fields include _fc:etag, _fc:mod and,
+/// if not empty, _fc:ix).
+pub const REPLACE: &str = r"
+local c = 11
+for i = 5, #KEYS do
+  local id = ARGV[c]
+  local off = tonumber(ARGV[c + 1])
+  local n = tonumber(ARGV[c + 6])
+  if off < fence then
+    skip = skip + 1
+  elseif n < 0 then
+    local old = redis.call('HGET', KEYS[i], '_fc:ix')
+    redis.call('DEL', KEYS[i])
+    if old then reindex(id, entries(old), {}) end
+    redis.call('ZREM', KEYS[3], id)
+    log_change('d', id, '')
+    del = del + 1
+  else
+    local etag, mod, ix = ARGV[c + 3], ARGV[c + 4], ARGV[c + 5]
+    local prev = redis.call('HMGET', KEYS[i], '_fc:mod', '_fc:etag', '_fc:ix')
+    redis.call('DEL', KEYS[i])
+    hset_all(KEYS[i], ARGV, c + 7, c + 6 + 2 * n)
+    -- Last-Modified never moves backwards for a key that exists.
+    if prev[1] and tonumber(prev[1]) and tonumber(mod) and tonumber(prev[1]) > tonumber(mod) then
+      redis.call('HSET', KEYS[i], '_fc:mod', prev[1])
+    end
+    redis.call('PEXPIRE', KEYS[i], ARGV[c + 2])
+    if (prev[3] or '') ~= ix then reindex(id, entries(prev[3]), entries(ix)) end
+    redis.call('ZADD', KEYS[3], 0, id)
+    -- The same state again (an upstream duplicate) is no change.
+    if prev[2] ~= etag then log_change('u', id, etag) end
+    up = up + 1
+  end
+  if n > 0 then c = c + 7 + 2 * n else c = c + 7 end
+end
+";
+
+/// Parts of merged entities, and identity links.
+///
+/// KEYS[5] the entity type's links hash (source id -> canonical id);
+/// ARGV[11] entity key prefix (an id appended is its hash), ARGV[12] parts
+/// key prefix (an id appended is its parts hash), ARGV[13] the entity's
+/// source topics by precedence (highest first, space-separated), ARGV[14]
+/// this batch's topic, ARGV[15] `part` or `link`; from ARGV[16], per
+/// record: id (as the source names it), offset, ttl_ms, mod, src, then for
+/// a part: nmembers (-1 = the source no longer holds the id) and nmembers
+/// × (name, name as a JSON string, canonical value, index entries of that
+/// member); for a link: the canonical id ('' = unlinked).
+///
+/// A source's part of id X lives in the parts hash of X's canonical id
+/// (its link, else X) as the field `{topic}:{X}` (cmsgpack of the member
+/// list); the served members are the union of the parts, the part of the
+/// highest-ranked topic winning a member two hold (equal topics: the
+/// smaller source id). The ETag is the SHA-1 (hex) of the served canonical
+/// body, assembled here from the parts.
+pub const MERGE: &str = r"
+local eprefix, pprefix, mytopic, mode = ARGV[11], ARGV[12], ARGV[14], ARGV[15]
+local links = KEYS[5]
+local rank, ranks = {}, 0
+for t in string.gmatch(ARGV[13], '%S+') do ranks = ranks + 1; rank[t] = ranks end
+-- Byte order, whatever Redis's collation locale is.
+local function bytes_lt(a, b)
+  local n = math.min(#a, #b)
+  for k = 1, n do
+    local x, y = string.byte(a, k), string.byte(b, k)
+    if x ~= y then return x < y end
+  end
+  return #a < #b
+end
+local function part_before(a, b)
+  if a[1] ~= b[1] then return a[1] < b[1] end
+  return bytes_lt(a[2], b[2])
+end
+-- Serves the union of canonical id `id`'s parts, or removes the entity
+-- when no source holds it any more; keeps its indexes, its place in the
+-- ids and its change log exact.
+local function remerge(id, ttl, mod, src)
+  local key, pkey = eprefix .. id, pprefix .. id
+  local stored = redis.call('HGETALL', pkey)
+  local parts = {}
+  for i = 1, #stored, 2 do
+    local topic, origin = string.match(stored[i], '^([^:]+):(.+)$')
+    parts[#parts + 1] = {rank[topic] or (ranks + 1), origin, stored[i + 1]}
+  end
+  local all = redis.call('HGETALL', key)
+  local members, meta = {}, {}
+  for i = 1, #all, 2 do
+    if string.sub(all[i], 1, 4) == '_fc:' then
+      meta[all[i]] = all[i + 1]
+    else
+      members[all[i]] = true
+    end
+  end
+  if #parts == 0 then
+    if #all > 0 then
+      redis.call('DEL', key)
+      reindex(id, entries(meta['_fc:ix']), {})
+      redis.call('ZREM', KEYS[3], id)
+      log_change('d', id, '')
+      touched[#touched + 1] = id
+      del = del + 1
+    end
+    return
+  end
+  table.sort(parts, part_before)
+  local won, names, ix = {}, {}, {}
+  for _, p in ipairs(parts) do
+    local q = cmsgpack.unpack(p[3])
+    for j = 1, #q, 4 do
+      if not won[q[j]] then
+        won[q[j]] = {q[j + 1], q[j + 2]}
+        names[#names + 1] = q[j]
+        for e in string.gmatch(q[j + 3], '[^\n]+') do ix[e] = true end
+      end
+    end
+  end
+  table.sort(names, bytes_lt)
+  local body, set = {}, {}
+  for k, name in ipairs(names) do
+    local w = won[name]
+    body[k] = w[1] .. ':' .. w[2]
+    set[#set + 1] = name
+    set[#set + 1] = w[2]
+  end
+  local etag = redis.sha1hex('{' .. table.concat(body, ',') .. '}')
+  local ixs = {}
+  for e in pairs(ix) do ixs[#ixs + 1] = e end
+  table.sort(ixs, bytes_lt)
+  local ixstr = table.concat(ixs, '\n')
+  for f in pairs(members) do
+    if not won[f] then redis.call('HDEL', key, f) end
+  end
+  local changed = meta['_fc:etag'] ~= etag
+  set[#set + 1] = '_fc:etag'
+  set[#set + 1] = etag
+  set[#set + 1] = '_fc:src'
+  set[#set + 1] = src
+  -- Last-Modified moves with the served state only, never backwards.
+  if changed or not meta['_fc:mod'] then
+    local m = tonumber(mod) or 0
+    local prev = tonumber(meta['_fc:mod'])
+    if prev and prev > m then m = prev end
+    set[#set + 1] = '_fc:mod'
+    set[#set + 1] = string.format('%d', m)
+  end
+  if ixstr ~= '' then
+    set[#set + 1] = '_fc:ix'
+    set[#set + 1] = ixstr
+  elseif meta['_fc:ix'] then
+    redis.call('HDEL', key, '_fc:ix')
+  end
+  hset_all(key, set, 1, #set)
+  redis.call('PEXPIRE', key, ttl)
+  redis.call('PEXPIRE', pkey, ttl)
+  if (meta['_fc:ix'] or '') ~= ixstr then reindex(id, entries(meta['_fc:ix']), ix) end
+  redis.call('ZADD', KEYS[3], 0, id)
+  if changed then
+    log_change('u', id, etag)
+    touched[#touched + 1] = id
+    up = up + 1
+  end
+end
+local c = 16
+while c <= #ARGV do
+  local id, off, ttl, mod, src = ARGV[c], tonumber(ARGV[c + 1]), ARGV[c + 2], ARGV[c + 3], ARGV[c + 4]
+  local n = 0
+  if mode == 'part' then n = tonumber(ARGV[c + 5]) end
+  if off < fence then
+    skip = skip + 1
+  elseif mode == 'link' then
+    -- Every part named `id` moves from its old canonical id's parts to the
+    -- new one's; both are served again from what they hold then.
+    local old = redis.call('HGET', links, id) or id
+    local new = ARGV[c + 5]
+    if new == '' then new = id end
+    if new == id then
+      redis.call('HDEL', links, id)
+    else
+      redis.call('HSET', links, id, new)
+    end
+    if old ~= new then
+      local okey, nkey = pprefix .. old, pprefix .. new
+      local stored = redis.call('HGETALL', okey)
+      local moved = false
+      for i = 1, #stored, 2 do
+        if string.match(stored[i], '^[^:]+:(.+)$') == id then
+          redis.call('HDEL', okey, stored[i])
+          redis.call('HSET', nkey, stored[i], stored[i + 1])
+          moved = true
+        end
+      end
+      if moved then
+        remerge(old, ttl, mod, src)
+        remerge(new, ttl, mod, src)
+      end
+    end
+  else
+    local canon = redis.call('HGET', links, id) or id
+    local pkey = pprefix .. canon
+    local field = mytopic .. ':' .. id
+    if n < 0 then
+      if redis.call('HDEL', pkey, field) == 1 then remerge(canon, ttl, mod, src) end
+    else
+      local q = {}
+      for j = 1, 4 * n do q[j] = ARGV[c + 5 + j] end
+      local packed = cmsgpack.pack(q)
+      if redis.call('HGET', pkey, field) == packed then
+        redis.call('PEXPIRE', pkey, ttl)
+        redis.call('PEXPIRE', eprefix .. canon, ttl)
+      else
+        redis.call('HSET', pkey, field, packed)
+        remerge(canon, ttl, mod, src)
+      end
+    end
+  end
+  if mode == 'link' then c = c + 6 elseif n > 0 then c = c + 6 + 4 * n else c = c + 6 end
+end
+";
+
+/// Change log retention (by length, in steps so that trimming is
+/// amortised, and by age) and the partition's new offset.
+pub const EPILOGUE: &str = r"
+if logged > 0 then
+  if maxlen > 0 then
+    local len = redis.call('XLEN', KEYS[4])
+    if len > maxlen + math.max(100, math.floor(maxlen / 10)) then
+      local old = redis.call('XRANGE', KEYS[4], '-', '+', 'COUNT', len - maxlen)
+      trim_through(old[#old][1])
+    end
+  end
+  local maxage = tonumber(ARGV[9])
+  if maxage > 0 then
+    local t = redis.call('TIME')
+    local minms = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000) - maxage
+    local first = redis.call('XRANGE', KEYS[4], '-', '+', 'COUNT', 1)
+    if first[1] and tonumber(string.match(first[1][1], '^(%d+)')) < minms then
+      local cut = redis.call('XREVRANGE', KEYS[4], '(' .. minms .. '-0', '-', 'COUNT', 1)
+      if cut[1] then trim_through(cut[1][1]) end
+    end
+  end
+end
+if tonumber(ARGV[3]) > fence then
+  redis.call('HSET', KEYS[2], ARGV[2], ARGV[3])
+end
+return {up, del, skip, conflicts, touched}
+";
