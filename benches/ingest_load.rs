@@ -58,6 +58,7 @@ async fn main() -> Result<()> {
             id_from_key: None,
             fields: None,
             priority: 0,
+            schema_file: None,
         })
         .collect();
 

@@ -204,6 +204,7 @@ fn producer_config(stack: &Stack) -> Config {
         id_from_key: None,
         fields: None,
         priority: 0,
+        schema_file: None,
     })
     .collect();
     config

@@ -366,6 +366,11 @@ pub struct SourceConfig {
     /// the source listed first in `sources` wins.
     #[serde(default, skip_serializing_if = "is_zero")]
     pub priority: i32,
+    /// A JSON Schema this source's states must satisfy after `transform`,
+    /// instead of `entities.<entity>.schema_file` (for a source that
+    /// contributes only some members of a merged entity).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub schema_file: Option<PathBuf>,
 }
 
 fn is_zero(n: &i32) -> bool {
@@ -550,6 +555,7 @@ impl Default for Config {
             id_from_key: None,
             fields: None,
             priority: 0,
+            schema_file: None,
         };
         Self {
             redis: RedisConfig {

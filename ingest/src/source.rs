@@ -95,6 +95,12 @@ impl Sources {
             }
         }
         for s in &config.sources {
+            let schema = match &s.schema_file {
+                Some(path) => Some(Arc::new(Schema::load(path).map_err(|why| {
+                    anyhow::anyhow!("sources {:?}: schema_file: {why}", s.topic)
+                })?)),
+                None => schemas.get(s.entity.as_str()).cloned(),
+            };
             let entity = EntityName::parse(&s.entity)
                 .map_err(|e| anyhow::anyhow!("entity {:?}: {e}", s.entity))?;
             let ec: &EntityConfig = config
@@ -109,7 +115,7 @@ impl Sources {
                     id_prefix: s.id_prefix.clone(),
                     ttl_ms: ec.ttl_secs.saturating_mul(1000),
                     programs: SourcePrograms {
-                        schema: schemas.get(s.entity.as_str()).cloned(),
+                        schema,
                         ..SourcePrograms::compile(
                             &s.topic,
                             s.transform.as_deref(),

@@ -507,6 +507,15 @@ fn sources(c: &Config) -> Result<(), ConfigError> {
             })?;
         }
         programs(i, s)?;
+        if let Some(path) = &s.schema_file {
+            Schema::load(path).map_err(|why| {
+                reject(
+                    format!("sources[{i}].schema_file"),
+                    quoted(&path.to_string_lossy()),
+                    why,
+                )
+            })?;
+        }
         let merged = c.entities.get(&s.entity).is_some_and(|e| e.merge);
         contribution(i, s, merged)?;
         // Merged sources share the entity's ids on purpose.
