@@ -48,6 +48,7 @@ pub mod dead_letter_tools;
 pub mod decode;
 pub mod fold;
 pub mod generate;
+pub mod generate_merger;
 pub mod heartbeat;
 pub mod kafka;
 pub mod partition;

@@ -6,6 +6,7 @@ use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 use foldcache_common::config::Config;
 use foldcache_ingest::generate::{GenOptions, Generator};
+use foldcache_ingest::generate_merger::{self, MergerTopics};
 use foldcache_ingest::{
     Ingest, admin, cluster, console, dead_letter_cli, dead_letter_tools, produce, rebuild_cli,
     topics,
@@ -77,6 +78,29 @@ enum Command {
         /// Events per second; 0 = as fast as possible.
         #[arg(long, default_value_t = 0)]
         rate: u64,
+    },
+    /// Produce the demo's merger data set: two companies' HR systems in
+    /// their own shapes (plain JSON and Debezium), the access system's
+    /// grants and identity links for the people in both.
+    GenerateMerger {
+        /// RNG seed: the same seed produces the same records.
+        #[arg(long, default_value_t = 42)]
+        seed: u64,
+        /// People per company.
+        #[arg(long, default_value_t = 2_000)]
+        people: usize,
+        /// Northwind's topic (plain JSON states).
+        #[arg(long, default_value = "northwind.hr.people")]
+        northwind_topic: String,
+        /// Globex's topic (Debezium events).
+        #[arg(long, default_value = "globex.cdc.employees")]
+        globex_topic: String,
+        /// The access system's topic (grants).
+        #[arg(long, default_value = "access.grants")]
+        access_topic: String,
+        /// The identity links topic.
+        #[arg(long, default_value = "hr.identity-links")]
+        links_topic: String,
     },
 }
 
@@ -234,6 +258,29 @@ async fn run_main() -> anyhow::Result<()> {
             .await??;
             tracing::info!(events = sent, "data set produced");
             println!("produced {sent} events");
+            Ok(())
+        }
+        Command::GenerateMerger {
+            seed,
+            people,
+            northwind_topic,
+            globex_topic,
+            access_topic,
+            links_topic,
+        } => {
+            let topics = MergerTopics {
+                northwind: northwind_topic,
+                globex: globex_topic,
+                access: access_topic,
+                links: links_topic,
+            };
+            let records = generate_merger::records(seed, people, &topics);
+            let sent = tokio::task::spawn_blocking(move || {
+                produce::produce_records(&config, records.into_iter(), 0)
+            })
+            .await??;
+            tracing::info!(records = sent, "merger data set produced");
+            println!("produced {sent} records");
             Ok(())
         }
     }

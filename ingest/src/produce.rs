@@ -1,6 +1,7 @@
 //! Produces generated events to the configured source topics.
 
 use crate::generate::{Event, Kind};
+use crate::generate_merger::Record;
 use crate::kafka::kafka_client_config;
 use anyhow::Context as _;
 use foldcache_common::config::Config;
@@ -46,6 +47,40 @@ pub fn produce(
     events: impl Iterator<Item = Event>,
     rate: u64,
 ) -> anyhow::Result<u64> {
+    let topics = [Kind::Employee, Kind::Team, Kind::Permission]
+        .map(|k| topic_for(config, k).map(str::to_owned));
+    let mut missing = None;
+    let records = events.map_while(|e| {
+        let topic = match e.kind {
+            Kind::Employee => &topics[0],
+            Kind::Team => &topics[1],
+            Kind::Permission => &topics[2],
+        };
+        match topic {
+            Ok(t) => Some((
+                t.clone(),
+                e.key,
+                e.value.map(|v| v.to_string().into_bytes()),
+            )),
+            Err(why) => {
+                missing = Some(why.to_string());
+                None
+            }
+        }
+    });
+    let sent = produce_records(config, records, rate)?;
+    match missing {
+        Some(why) => Err(anyhow::anyhow!(why)),
+        None => Ok(sent),
+    }
+}
+
+/// Like [`produce`], for records already addressed to their topics.
+pub fn produce_records(
+    config: &Config,
+    records: impl Iterator<Item = Record>,
+    rate: u64,
+) -> anyhow::Result<u64> {
     let producer: ThreadedProducer<Deliveries> = kafka_client_config(config)
         .set("enable.idempotence", "true")
         .set("linger.ms", "20")
@@ -53,19 +88,10 @@ pub fn produce(
         .set("queue.buffering.max.messages", "200000")
         .create_with_context(Deliveries::default())
         .context("creating the producer")?;
-    let topics = [Kind::Employee, Kind::Team, Kind::Permission]
-        .map(|k| topic_for(config, k).map(str::to_owned));
     let start = Instant::now();
     let mut sent = 0u64;
-    for e in events {
-        let topic = match e.kind {
-            Kind::Employee => &topics[0],
-            Kind::Team => &topics[1],
-            Kind::Permission => &topics[2],
-        };
-        let topic = topic.as_ref().map_err(|e| anyhow::anyhow!("{e}"))?;
-        let payload = e.value.as_ref().map(serde_json::to_vec).transpose()?;
-        let mut record: BaseRecord<'_, str, [u8]> = BaseRecord::to(topic).key(e.key.as_str());
+    for (topic, key, payload) in records {
+        let mut record: BaseRecord<'_, str, [u8]> = BaseRecord::to(&topic).key(key.as_str());
         if let Some(p) = &payload {
             record = record.payload(p.as_slice());
         }
