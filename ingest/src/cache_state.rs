@@ -2,7 +2,7 @@
 //! heartbeat, and the per-partition caught-up record.
 //!
 //! The epoch is a random id written the first time ingest meets a Redis. Every
-//! write of ingest is guarded by it (see `fold.rs`), so a Redis that was
+//! write of ingest is guarded by it (see `fold/`), so a Redis that was
 //! flushed or replaced (epoch gone) is noticed at the next batch or heartbeat,
 //! whichever comes first, and ingest replays the log from offset zero.
 

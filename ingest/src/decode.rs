@@ -1,7 +1,7 @@
 //! Turns a Kafka record into a fold operation, or into a [`Poison`] reason.
 //!
 //! This is where a tombstone (null value, or Debezium `op: "d"`) becomes a
-//! delete; `fold.rs` turns that delete into a Redis `DEL`. A source's jq
+//! delete; `fold/` turns that delete into a Redis `DEL`. A source's jq
 //! programs run here too: `id_from_key` on the key, `transform` on the
 //! state (`foldcache_common::transform`); a state the transform filters
 //! out deletes, like a tombstone, since a record is its key's whole state.
