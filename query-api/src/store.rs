@@ -347,6 +347,10 @@ end
 return {ids, hashes}
 ";
 
+/// [`PAGE_LUA`] as a script, its SHA-1 computed once (not per page).
+static PAGE_SCRIPT: std::sync::LazyLock<redis::Script> =
+    std::sync::LazyLock::new(|| redis::Script::new(PAGE_LUA));
+
 /// Reads a change log after a position, atomically with the states its
 /// upserts name and with what the log has lost to trimming.
 const CHANGES_LUA: &str = r"
@@ -379,6 +383,10 @@ for i, e in ipairs(entries) do
 end
 return {maxdel, last, entries, states}
 ";
+
+/// [`CHANGES_LUA`] as a script, its SHA-1 computed once (not per read).
+static CHANGES_SCRIPT: std::sync::LazyLock<redis::Script> =
+    std::sync::LazyLock::new(|| redis::Script::new(CHANGES_LUA));
 
 /// Which ids a page walks.
 #[derive(Debug, Clone)]
@@ -464,7 +472,7 @@ impl Store {
             ),
         };
         let start = after.map_or_else(|| "-".to_owned(), |id| format!("({id}"));
-        let (ids, hashes): (Vec<String>, Vec<Vec<(String, String)>>) = redis::Script::new(PAGE_LUA)
+        let (ids, hashes): (Vec<String>, Vec<Vec<(String, String)>>) = PAGE_SCRIPT
             .key(key)
             .arg(start)
             .arg(limit)
@@ -519,7 +527,7 @@ impl Store {
             Vec<(String, Vec<(String, String)>)>,
             Vec<Vec<(String, String)>>,
         );
-        let (maxdel, last, entries, states): Raw = redis::Script::new(CHANGES_LUA)
+        let (maxdel, last, entries, states): Raw = CHANGES_SCRIPT
             .key(self.keys.changes(generation, entity))
             .arg(after.to_string())
             .arg(limit)
