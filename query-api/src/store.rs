@@ -46,6 +46,9 @@ pub struct Entity {
     pub modified_ms: i64,
     /// This view's ETag and `Last-Modified`, header forms rendered.
     pub validators: Validators,
+    /// The cache tags of a single lookup, rendered by the first response
+    /// that sends them (a cached entity keeps them).
+    pub surrogate_keys: std::sync::OnceLock<Option<http::HeaderValue>>,
 }
 
 /// The result of a lookup.
@@ -219,18 +222,23 @@ impl Store {
         max_staleness_ms: Option<i64>,
         view: &View,
     ) -> redis::RedisResult<Lookup> {
-        let state = self.view();
-        if !state.ready || stale(&state, max_staleness_ms) {
-            return Ok(Lookup::NotReady);
-        }
-        let key = self.keys.entity(state.live_gen, entity, id);
+        // Only the generation is read on a hit: the marker is cloned (its
+        // strings with it) only for a Redis read.
+        let live_gen = {
+            let state = self.view.borrow();
+            if !state.serves(max_staleness_ms) {
+                return Ok(Lookup::NotReady);
+            }
+            state.live_gen
+        };
+        let key = self.keys.entity(live_gen, entity, id);
         let ticket = match self.local.as_ref().map(|c| c.lookup(&key, &view.name)) {
             Some(Ok(hit)) => return Ok(Lookup::Found(hit)),
             Some(Err(ticket)) => ticket,
             None => None,
         };
         let read = self
-            .read(&key, &state, entity, max_staleness_ms, view)
+            .read(&key, live_gen, entity, max_staleness_ms, view)
             .await
             .inspect_err(|_| self.distrust());
         if let (Some(cache), Some(ticket)) = (&self.local, ticket) {
@@ -245,7 +253,7 @@ impl Store {
     async fn read(
         &self,
         key: &str,
-        state: &CacheView,
+        live_gen: u64,
         entity: &EntityName,
         max_staleness_ms: Option<i64>,
         view: &View,
@@ -258,11 +266,10 @@ impl Store {
             // Confirm before saying 404: the marker may have changed since the
             // last poll (flush, rebuild, generation swap).
             let now = self.refresh().await?;
-            let not_found =
-                now.ready && now.live_gen == state.live_gen && !stale(&now, max_staleness_ms);
+            let not_found = now.ready && now.live_gen == live_gen && !stale(&now, max_staleness_ms);
             tracing::debug!(
                 %entity,
-                generation = state.live_gen,
+                generation = live_gen,
                 generation_now = now.live_gen,
                 not_found,
                 "no hash for the id"
@@ -588,7 +595,7 @@ impl Store {
             return Ok(Lookup::NotReady);
         }
         let key = self.keys.entity(state.live_gen, entity, id);
-        self.read(&key, &state, entity, max_staleness_ms, view)
+        self.read(&key, state.live_gen, entity, max_staleness_ms, view)
             .await
     }
 
@@ -633,5 +640,6 @@ pub fn decode_hash(fields: &[(String, String)], view: &View) -> Option<Entity> {
             view.etag(&etag?),
             Some(std::time::UNIX_EPOCH + Duration::from_millis(modified_ms.max(0) as u64)),
         ),
+        surrogate_keys: std::sync::OnceLock::new(),
     })
 }
