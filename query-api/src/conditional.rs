@@ -51,8 +51,9 @@ pub enum Outcome {
 /// entities keep them).
 #[derive(Debug, Clone)]
 pub struct Validators {
-    /// The stored strong validator, without quotes (identity encoding).
-    pub etag: String,
+    /// The stored strong validator, without quotes (identity encoding);
+    /// shared, so that a cached entity's validators clone without copying.
+    pub etag: std::sync::Arc<str>,
     /// `"<etag>"`, the identity representation's `ETag` header.
     pub etag_header: HeaderValue,
     /// `Last-Modified`; `None` for a representation without a modification
@@ -67,7 +68,8 @@ pub struct Validators {
 impl Validators {
     /// From a stored validator (base64url, so always a valid header) and a
     /// time.
-    pub fn new(etag: String, last_modified: Option<SystemTime>) -> Self {
+    pub fn new(etag: impl Into<std::sync::Arc<str>>, last_modified: Option<SystemTime>) -> Self {
+        let etag = etag.into();
         let etag_header = HeaderValue::from_str(&format!("\"{etag}\""))
             .unwrap_or(HeaderValue::from_static("\"\""));
         let last_modified_header = last_modified.map(|t| {
@@ -148,14 +150,86 @@ const CONDITIONAL_HEADERS: [HeaderName; 4] = [
     IF_UNMODIFIED_SINCE,
 ];
 
-/// Middleware (outside compression): final ETag, then preconditions.
-pub async fn layer(req: Request, next: Next) -> Response {
-    let mut conditions = HeaderMap::new();
-    for name in CONDITIONAL_HEADERS {
-        for v in req.headers().get_all(&name) {
-            conditions.append(name.clone(), v.clone());
+/// A revalidation that a handler may answer itself, before any response is
+/// built: exactly one `If-None-Match` line and no other precondition, and
+/// no `Accept-Encoding` (the representation is the identity one whatever
+/// the compression layer would do). It holds the header's value; the
+/// handler answers 304 only if it is exactly the current identity tag,
+/// which is what [`layer`] would decide for the same request. Any other
+/// request goes through [`layer`].
+#[derive(Debug)]
+pub struct Revalidation(pub Option<HeaderValue>);
+
+impl<S: Send + Sync> axum::extract::FromRequestParts<S> for Revalidation {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(
+        parts: &mut http::request::Parts,
+        _: &S,
+    ) -> Result<Self, Self::Rejection> {
+        let h = &parts.headers;
+        if h.contains_key(http::header::ACCEPT_ENCODING) {
+            return Ok(Self(None));
+        }
+        Ok(Self(match Conditions::of(h) {
+            Conditions::IfNoneMatch(v) => Some(v),
+            Conditions::None | Conditions::Any(_) => None,
+        }))
+    }
+}
+
+impl Revalidation {
+    /// Whether the client holds exactly `current` (the identity `ETag`).
+    pub fn holds(&self, current: &Validators) -> bool {
+        self.0.as_ref() == Some(&current.etag_header)
+    }
+}
+
+/// A request's preconditions, kept while the handler runs.
+enum Conditions {
+    /// None at all (the common read).
+    None,
+    /// Exactly one `If-None-Match` line and no other precondition (the
+    /// common revalidation): kept without building a header map.
+    IfNoneMatch(HeaderValue),
+    /// Anything else, evaluated in full.
+    Any(HeaderMap),
+}
+
+impl Conditions {
+    fn of(headers: &HeaderMap) -> Self {
+        let mut inm = headers.get_all(IF_NONE_MATCH).iter();
+        let others = CONDITIONAL_HEADERS[..]
+            .iter()
+            .filter(|n| **n != IF_NONE_MATCH)
+            .any(|n| headers.contains_key(n));
+        match (inm.next(), inm.next(), others) {
+            (None, _, false) => Self::None,
+            (Some(v), None, false) => Self::IfNoneMatch(v.clone()),
+            _ => {
+                let mut conditions = HeaderMap::new();
+                for name in CONDITIONAL_HEADERS {
+                    for v in headers.get_all(&name) {
+                        conditions.append(name.clone(), v.clone());
+                    }
+                }
+                Self::Any(conditions)
+            }
         }
     }
+
+    fn into_map(self) -> HeaderMap {
+        match self {
+            Self::None => HeaderMap::new(),
+            Self::IfNoneMatch(v) => HeaderMap::from_iter([(IF_NONE_MATCH, v)]),
+            Self::Any(conditions) => conditions,
+        }
+    }
+}
+
+/// Middleware (outside compression): final ETag, then preconditions.
+pub async fn layer(req: Request, next: Next) -> Response {
+    let conditions = Conditions::of(req.headers());
     let mut res = next.run(req).await;
     let Some(v) = res.extensions_mut().remove::<Validators>() else {
         return res;
@@ -163,16 +237,18 @@ pub async fn layer(req: Request, next: Next) -> Response {
     let identity = !res.headers().contains_key(CONTENT_ENCODING);
     if identity {
         res.headers_mut().insert(ETAG, v.etag_header.clone());
-        if conditions.is_empty() {
-            return res;
-        }
-        // The common revalidation: exactly one If-None-Match carrying
-        // exactly the current tag, nothing that outranks it. Same outcome
-        // as the full evaluation, without parsing.
-        if conditions.len() == 1 && conditions.get(IF_NONE_MATCH) == Some(&v.etag_header) {
-            return not_modified_from(res);
+        match &conditions {
+            Conditions::None => return res,
+            // The common revalidation: exactly one If-None-Match carrying
+            // exactly the current tag, nothing that outranks it. Same
+            // outcome as the full evaluation, without parsing.
+            Conditions::IfNoneMatch(inm) if *inm == v.etag_header => {
+                return not_modified_from(res);
+            }
+            _ => {}
         }
     }
+    let conditions = conditions.into_map();
     let Some(etag) = representation_etag(&v.etag, res.headers().get(CONTENT_ENCODING)) else {
         return res;
     };
@@ -184,6 +260,27 @@ pub async fn layer(req: Request, next: Next) -> Response {
         Outcome::PreconditionFailed => ApiError::PreconditionFailed.into_response(),
         Outcome::NotModified => not_modified_from(res),
     }
+}
+
+/// The 304 of an identity representation that a handler answers itself
+/// (see [`Revalidation`]): the headers [`layer`] would copy from its 200,
+/// in the same order, and the 200's `Content-Length`.
+pub fn not_modified_identity(
+    validators: &Validators,
+    cache_control: HeaderValue,
+    vary: HeaderValue,
+    content_length: usize,
+) -> Response {
+    let mut res = StatusCode::NOT_MODIFIED.into_response();
+    let h = res.headers_mut();
+    h.insert(ETAG, validators.etag_header.clone());
+    h.insert(CACHE_CONTROL, cache_control);
+    h.insert(VARY, vary);
+    if let Some(date) = &validators.last_modified_header {
+        h.insert(LAST_MODIFIED, date.clone());
+    }
+    h.insert(CONTENT_LENGTH, HeaderValue::from(content_length));
+    res
 }
 
 /// The 304 for a 200 that the preconditions turned down.

@@ -201,10 +201,28 @@ impl AppState {
         let mut v = entity.to_string();
         for id in ids {
             v.push_str(sep);
-            v.push_str(&format!("{entity}/{id}"));
+            v.push_str(entity.as_str());
+            v.push('/');
+            v.push_str(id.as_str());
         }
         // Entity names and ids are validated ASCII.
         HeaderValue::from_str(&v).ok().map(|v| (name.clone(), v))
+    }
+
+    /// [`AppState::surrogate_keys`] of a single lookup of `found` (`id` of
+    /// `entity`), rendered once per cached entity.
+    pub fn entity_surrogate_keys(
+        &self,
+        entity: &EntityName,
+        id: &EntityId,
+        found: &store::Entity,
+    ) -> Option<(HeaderName, HeaderValue)> {
+        let (name, _) = self.surrogate.as_ref()?;
+        let value = found.surrogate_keys.get_or_init(|| {
+            self.surrogate_keys(entity, std::slice::from_ref(id))
+                .map(|(_, v)| v)
+        });
+        value.clone().map(|v| (name.clone(), v))
     }
 }
 

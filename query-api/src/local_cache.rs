@@ -20,11 +20,20 @@
 //!
 //! Entries are keyed by `(Redis key, view)`; the generation is part of the
 //! Redis key, so a rebuild's swap moves readers to new keys by itself.
+//!
+//! The map is a fixed set of lock-striped shards with random eviction, not
+//! an LRU/LFU cache (moka): a hit is one shared lock and one probe, and
+//! records nothing. moka's read bookkeeping (access-order queues, frequency
+//! sketch, housekeeping run by readers) was 12 % of query-api's CPU on
+//! cached reads (docs/BENCHMARKS.md), and the working set of a directory
+//! fits: the bound is there for memory, not for hit rate.
 
 use crate::store::Entity;
 use redis::{PushKind, Value};
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::hash::{BuildHasher, RandomState};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::time::Duration;
 
 /// Name of the tracking connection (`CLIENT LIST` shows it).
@@ -44,9 +53,77 @@ pub struct Ticket {
     epoch: u64,
 }
 
+/// Shards of the map: enough that two workers rarely meet on one lock.
+const SHARDS: usize = 64;
+
+/// The entries, striped over [`SHARDS`] locks, each holding at most
+/// `per_shard` entries.
+struct Entries {
+    shards: Box<[RwLock<HashMap<String, Slot>>]>,
+    per_shard: usize,
+    hasher: RandomState,
+}
+
+impl Entries {
+    fn new(max_entries: u64) -> Self {
+        let per_shard = usize::try_from(max_entries.div_ceil(SHARDS as u64))
+            .unwrap_or(usize::MAX)
+            .max(1);
+        Self {
+            shards: (0..SHARDS).map(|_| RwLock::default()).collect(),
+            per_shard,
+            hasher: RandomState::new(),
+        }
+    }
+
+    fn shard(&self, key: &str) -> &RwLock<HashMap<String, Slot>> {
+        &self.shards[self.hasher.hash_one(key) as usize % SHARDS]
+    }
+
+    // A panic while a shard is locked leaves a map that is still whole
+    // (every operation is one map call), so poisoning is ignored.
+    fn read(&self, key: &str) -> RwLockReadGuard<'_, HashMap<String, Slot>> {
+        self.shard(key)
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn write(&self, key: &str) -> RwLockWriteGuard<'_, HashMap<String, Slot>> {
+        self.shard(key)
+            .write()
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Inserts into a locked shard, first evicting an arbitrary other entry
+    /// if the shard is full (a `Pending` one evicted makes its read store
+    /// nothing).
+    fn insert(&self, shard: &mut HashMap<String, Slot>, key: String, slot: Slot) {
+        if shard.len() >= self.per_shard
+            && !shard.contains_key(&key)
+            && let Some(victim) = shard.keys().next().cloned()
+        {
+            shard.remove(&victim);
+        }
+        shard.insert(key, slot);
+    }
+
+    fn len(&self) -> usize {
+        self.shards
+            .iter()
+            .map(|s| s.read().unwrap_or_else(PoisonError::into_inner).len())
+            .sum()
+    }
+
+    fn clear(&self) {
+        for s in self.shards.iter() {
+            s.write().unwrap_or_else(PoisonError::into_inner).clear();
+        }
+    }
+}
+
 /// The cache.
 pub struct LocalCache {
-    entries: moka::sync::Cache<String, Slot>,
+    entries: Entries,
     /// Tracking is on: the cache may be read and filled.
     enabled: AtomicBool,
     /// Bumped on every drop and every (re)connection.
@@ -58,13 +135,35 @@ pub struct LocalCache {
     misses: AtomicU64,
     bypassed: AtomicU64,
     invalidations: AtomicU64,
+    /// `foldcache_local_cache_total` by outcome, registered once: a
+    /// labelled `counter!` per lookup costs a registry search.
+    outcome: Outcomes,
+}
+
+/// Handles of `foldcache_local_cache_total{outcome}`.
+struct Outcomes {
+    hit: metrics::Counter,
+    miss: metrics::Counter,
+    bypassed: metrics::Counter,
+}
+
+impl Outcomes {
+    fn register() -> Self {
+        let outcome =
+            |o: &'static str| metrics::counter!("foldcache_local_cache_total", "outcome" => o);
+        Self {
+            hit: outcome("hit"),
+            miss: outcome("miss"),
+            bypassed: outcome("bypassed"),
+        }
+    }
 }
 
 impl std::fmt::Debug for LocalCache {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("LocalCache")
             .field("enabled", &self.enabled())
-            .field("entries", &self.entries.entry_count())
+            .field("entries", &self.entries.len())
             .finish_non_exhaustive()
     }
 }
@@ -91,12 +190,11 @@ fn cache_key(redis_key: &str, view: &str) -> String {
 }
 
 impl LocalCache {
-    /// A cache of at most `max_entries` rendered entities over `views`.
+    /// A cache of at most `max_entries` rendered entities over `views`
+    /// (its metrics go to the recorder installed at this point).
     pub fn new(max_entries: u64, views: Vec<String>) -> Arc<Self> {
         Arc::new(Self {
-            entries: moka::sync::Cache::builder()
-                .max_capacity(max_entries)
-                .build(),
+            entries: Entries::new(max_entries),
             enabled: AtomicBool::new(false),
             epoch: AtomicU64::new(0),
             next_ticket: AtomicU64::new(1),
@@ -105,6 +203,7 @@ impl LocalCache {
             misses: AtomicU64::new(0),
             bypassed: AtomicU64::new(0),
             invalidations: AtomicU64::new(0),
+            outcome: Outcomes::register(),
         })
     }
 
@@ -113,10 +212,9 @@ impl LocalCache {
         self.enabled.load(Ordering::Acquire)
     }
 
-    /// Entries held (approximate until moka's housekeeping ran).
+    /// Entries held (reads in flight included).
     pub fn entry_count(&self) -> u64 {
-        self.entries.run_pending_tasks();
-        self.entries.entry_count()
+        self.entries.len() as u64
     }
 
     /// The counters.
@@ -134,31 +232,28 @@ impl LocalCache {
     pub fn lookup(&self, redis_key: &str, view: &str) -> Result<Arc<Entity>, Option<Ticket>> {
         if !self.enabled() {
             self.bypassed.fetch_add(1, Ordering::Relaxed);
-            metrics::counter!("foldcache_local_cache_total", "outcome" => "bypassed").increment(1);
+            self.outcome.bypassed.increment(1);
             return Err(None);
         }
         let key = cache_key(redis_key, view);
-        if let Some(Slot::Ready(e)) = self.entries.get(&key) {
+        if let Some(Slot::Ready(e)) = self.entries.read(&key).get(&key) {
             self.hits.fetch_add(1, Ordering::Relaxed);
-            metrics::counter!("foldcache_local_cache_total", "outcome" => "hit").increment(1);
-            return Ok(e);
+            self.outcome.hit.increment(1);
+            return Ok(e.clone());
         }
         self.misses.fetch_add(1, Ordering::Relaxed);
-        metrics::counter!("foldcache_local_cache_total", "outcome" => "miss").increment(1);
+        self.outcome.miss.increment(1);
         let epoch = self.epoch.load(Ordering::Acquire);
         let ticket = self.next_ticket.fetch_add(1, Ordering::Relaxed);
-        let installed =
-            self.entries
-                .entry(key.clone())
-                .and_compute_with(|e| match e.map(|e| e.into_value()) {
-                    Some(Slot::Ready(_)) | Some(Slot::Pending(_)) => moka::ops::compute::Op::Nop,
-                    None => moka::ops::compute::Op::Put(Slot::Pending(ticket)),
-                });
-        let mine = matches!(
-            installed,
-            moka::ops::compute::CompResult::Inserted(ref e) if matches!(e.value(), Slot::Pending(t) if *t == ticket)
-        );
-        Err(mine.then_some(Ticket { key, ticket, epoch }))
+        let mut shard = self.entries.write(&key);
+        if shard.contains_key(&key) {
+            // Another read holds the slot (or has just filled it): read
+            // Redis, keep nothing.
+            return Err(None);
+        }
+        self.entries
+            .insert(&mut shard, key.clone(), Slot::Pending(ticket));
+        Err(Some(Ticket { key, ticket, epoch }))
     }
 
     /// Stores what a miss read, unless the key changed or tracking dropped
@@ -168,38 +263,34 @@ impl LocalCache {
             return;
         }
         let Ticket { key, ticket, epoch } = ticket;
-        self.entries
-            .entry(key)
-            .and_compute_with(|e| match e.map(|e| e.into_value()) {
-                Some(Slot::Pending(t))
-                    if t == ticket && self.epoch.load(Ordering::Acquire) == epoch =>
-                {
-                    moka::ops::compute::Op::Put(Slot::Ready(entity))
-                }
-                _ => moka::ops::compute::Op::Nop,
-            });
+        let mut shard = self.entries.write(&key);
+        if let Some(slot) = shard.get_mut(&key)
+            && matches!(slot, Slot::Pending(t) if *t == ticket)
+            && self.epoch.load(Ordering::Acquire) == epoch
+        {
+            *slot = Slot::Ready(entity);
+        }
     }
 
     /// Abandons a ticket (the key was missing or the read failed).
     pub fn abandon(&self, ticket: Ticket) {
-        self.entries
-            .entry(ticket.key)
-            .and_compute_with(|e| match e.map(|e| e.into_value()) {
-                Some(Slot::Pending(t)) if t == ticket.ticket => moka::ops::compute::Op::Remove,
-                _ => moka::ops::compute::Op::Nop,
-            });
+        let mut shard = self.entries.write(&ticket.key);
+        if matches!(shard.get(&ticket.key), Some(Slot::Pending(t)) if *t == ticket.ticket) {
+            shard.remove(&ticket.key);
+        }
     }
 
     fn invalidate_key(&self, redis_key: &str) {
         self.invalidations.fetch_add(1, Ordering::Relaxed);
         for v in &self.views {
-            self.entries.invalidate(&cache_key(redis_key, v));
+            let key = cache_key(redis_key, v);
+            self.entries.write(&key).remove(&key);
         }
     }
 
     fn clear(&self) {
         self.epoch.fetch_add(1, Ordering::AcqRel);
-        self.entries.invalidate_all();
+        self.entries.clear();
     }
 
     fn set_enabled(&self, on: bool) {

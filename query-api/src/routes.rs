@@ -8,7 +8,7 @@
 use crate::AppState;
 use crate::EntityPolicy;
 use crate::auth::{Authenticated, Caller};
-use crate::conditional::Validators;
+use crate::conditional::{Revalidation, Validators, not_modified_identity};
 use crate::error::ApiError;
 use crate::store::{Entity, Lookup};
 use axum::extract::rejection::PathRejection;
@@ -25,6 +25,7 @@ pub async fn get_entity(
     State(app): State<AppState>,
     Authenticated(caller): Authenticated,
     long_poll: LongPoll,
+    revalidation: Revalidation,
     path: Result<Path<(String, String)>, PathRejection>,
 ) -> Result<Response, ApiError> {
     let Path((entity, id)) = path.map_err(|e| ApiError::BadRequest(path_problem(&e)))?;
@@ -55,7 +56,16 @@ pub async fn get_entity(
             });
         }
     };
-    let tags = app.surrogate_keys(&name, std::slice::from_ref(&id));
+    if applied.is_none() && revalidation.holds(&entity.validators) {
+        // The common revalidation, answered without building the 200.
+        return Ok(not_modified_identity(
+            &entity.validators.clone().not_after(SystemTime::now()),
+            cache_control(&app, policy, &caller).clone(),
+            vary(&app),
+            entity.body.len(),
+        ));
+    }
+    let tags = app.entity_surrogate_keys(&name, &id, &entity);
     let mut res = representation(
         &app,
         policy,
@@ -275,6 +285,15 @@ pub(crate) fn not_found(app: &AppState, policy: &EntityPolicy, caller: &Caller) 
     }
 }
 
+/// `Cache-Control` of a 200 or 304 about an entity for this caller.
+fn cache_control<'a>(app: &AppState, policy: &'a EntityPolicy, caller: &Caller) -> &'a HeaderValue {
+    if private_audience(app, caller) {
+        &policy.private_cache_control
+    } else {
+        &policy.cache_control
+    }
+}
+
 /// A 200 with the body, its validators and caching headers: the entity's
 /// `Cache-Control` for anonymous callers, `private` for token holders
 /// (unless the operator opted in to shared caches keyed on
@@ -287,17 +306,15 @@ pub(crate) fn representation(
     validators: Validators,
     surrogate: Option<(header::HeaderName, HeaderValue)>,
 ) -> Response {
-    let mut headers = HeaderMap::new();
+    let mut headers = HeaderMap::with_capacity(8);
     headers.insert(
         header::CONTENT_TYPE,
         HeaderValue::from_static("application/json"),
     );
-    let cache_control = if private_audience(app, caller) {
-        &policy.private_cache_control
-    } else {
-        &policy.cache_control
-    };
-    headers.insert(header::CACHE_CONTROL, cache_control.clone());
+    headers.insert(
+        header::CACHE_CONTROL,
+        cache_control(app, policy, caller).clone(),
+    );
     headers.insert(header::VARY, vary(app));
     let validators = validators.not_after(SystemTime::now());
     if let Some(date) = &validators.last_modified_header {

@@ -46,6 +46,9 @@ pub struct Entity {
     pub modified_ms: i64,
     /// This view's ETag and `Last-Modified`, header forms rendered.
     pub validators: Validators,
+    /// The cache tags of a single lookup, rendered by the first response
+    /// that sends them (a cached entity keeps them).
+    pub surrogate_keys: std::sync::OnceLock<Option<http::HeaderValue>>,
 }
 
 /// The result of a lookup.
@@ -219,18 +222,23 @@ impl Store {
         max_staleness_ms: Option<i64>,
         view: &View,
     ) -> redis::RedisResult<Lookup> {
-        let state = self.view();
-        if !state.ready || stale(&state, max_staleness_ms) {
-            return Ok(Lookup::NotReady);
-        }
-        let key = self.keys.entity(state.live_gen, entity, id);
+        // Only the generation is read on a hit: the marker is cloned (its
+        // strings with it) only for a Redis read.
+        let live_gen = {
+            let state = self.view.borrow();
+            if !state.serves(max_staleness_ms) {
+                return Ok(Lookup::NotReady);
+            }
+            state.live_gen
+        };
+        let key = self.keys.entity(live_gen, entity, id);
         let ticket = match self.local.as_ref().map(|c| c.lookup(&key, &view.name)) {
             Some(Ok(hit)) => return Ok(Lookup::Found(hit)),
             Some(Err(ticket)) => ticket,
             None => None,
         };
         let read = self
-            .read(&key, &state, entity, max_staleness_ms, view)
+            .read(&key, live_gen, entity, max_staleness_ms, view)
             .await
             .inspect_err(|_| self.distrust());
         if let (Some(cache), Some(ticket)) = (&self.local, ticket) {
@@ -245,7 +253,7 @@ impl Store {
     async fn read(
         &self,
         key: &str,
-        state: &CacheView,
+        live_gen: u64,
         entity: &EntityName,
         max_staleness_ms: Option<i64>,
         view: &View,
@@ -258,11 +266,10 @@ impl Store {
             // Confirm before saying 404: the marker may have changed since the
             // last poll (flush, rebuild, generation swap).
             let now = self.refresh().await?;
-            let not_found =
-                now.ready && now.live_gen == state.live_gen && !stale(&now, max_staleness_ms);
+            let not_found = now.ready && now.live_gen == live_gen && !stale(&now, max_staleness_ms);
             tracing::debug!(
                 %entity,
-                generation = state.live_gen,
+                generation = live_gen,
                 generation_now = now.live_gen,
                 not_found,
                 "no hash for the id"
@@ -347,6 +354,10 @@ end
 return {ids, hashes}
 ";
 
+/// [`PAGE_LUA`] as a script, its SHA-1 computed once (not per page).
+static PAGE_SCRIPT: std::sync::LazyLock<redis::Script> =
+    std::sync::LazyLock::new(|| redis::Script::new(PAGE_LUA));
+
 /// Reads a change log after a position, atomically with the states its
 /// upserts name and with what the log has lost to trimming.
 const CHANGES_LUA: &str = r"
@@ -379,6 +390,10 @@ for i, e in ipairs(entries) do
 end
 return {maxdel, last, entries, states}
 ";
+
+/// [`CHANGES_LUA`] as a script, its SHA-1 computed once (not per read).
+static CHANGES_SCRIPT: std::sync::LazyLock<redis::Script> =
+    std::sync::LazyLock::new(|| redis::Script::new(CHANGES_LUA));
 
 /// Which ids a page walks.
 #[derive(Debug, Clone)]
@@ -464,7 +479,7 @@ impl Store {
             ),
         };
         let start = after.map_or_else(|| "-".to_owned(), |id| format!("({id}"));
-        let (ids, hashes): (Vec<String>, Vec<Vec<(String, String)>>) = redis::Script::new(PAGE_LUA)
+        let (ids, hashes): (Vec<String>, Vec<Vec<(String, String)>>) = PAGE_SCRIPT
             .key(key)
             .arg(start)
             .arg(limit)
@@ -519,7 +534,7 @@ impl Store {
             Vec<(String, Vec<(String, String)>)>,
             Vec<Vec<(String, String)>>,
         );
-        let (maxdel, last, entries, states): Raw = redis::Script::new(CHANGES_LUA)
+        let (maxdel, last, entries, states): Raw = CHANGES_SCRIPT
             .key(self.keys.changes(generation, entity))
             .arg(after.to_string())
             .arg(limit)
@@ -580,7 +595,7 @@ impl Store {
             return Ok(Lookup::NotReady);
         }
         let key = self.keys.entity(state.live_gen, entity, id);
-        self.read(&key, &state, entity, max_staleness_ms, view)
+        self.read(&key, state.live_gen, entity, max_staleness_ms, view)
             .await
     }
 
@@ -625,5 +640,6 @@ pub fn decode_hash(fields: &[(String, String)], view: &View) -> Option<Entity> {
             view.etag(&etag?),
             Some(std::time::UNIX_EPOCH + Duration::from_millis(modified_ms.max(0) as u64)),
         ),
+        surrogate_keys: std::sync::OnceLock::new(),
     })
 }
