@@ -8,7 +8,9 @@
 //! Prints events/s for each, ingest's ratio to the lower baseline (target
 //! ≥ 0.5), ingest's peak RSS and Redis memory per entity; then ingest again
 //! with a realistic per-source mapping (`generate::EMPLOYEE_MAPPING`) and
-//! its ratio to the run without (target ≥ 0.8).
+//! its ratio to the run without (target ≥ 0.8); then with the entity
+//! merged (`merge = true`, its one source a part): the cost of the merge
+//! fold and its Redis memory.
 //!
 //! Run: `scripts/dev bench-ingest [EVENTS]` (builds release binaries first).
 
@@ -100,18 +102,16 @@ async fn main() -> Result<()> {
     let mut con = redis.connection().await?;
     let plain = fold_run(&dir, &config, &redis, &topic, produced).await?;
     let keys: u64 = redis::cmd("DBSIZE").query_async(&mut con).await?;
-    let info: String = redis::cmd("INFO")
-        .arg("memory")
-        .query_async(&mut con)
-        .await?;
-    let used: u64 = info
-        .lines()
-        .find_map(|l| l.strip_prefix("used_memory:"))
-        .and_then(|v| v.trim().parse().ok())
-        .unwrap_or(0);
+    let used = used_memory(&mut con).await?;
     let mut mapped_config = config.clone();
     mapped_config.sources[0].transform = Some(EMPLOYEE_MAPPING.into());
     let mapped = fold_run(&dir, &mapped_config, &redis, &topic, produced).await?;
+    let mut merged_config = config.clone();
+    if let Some(e) = merged_config.entities.get_mut("employees") {
+        e.merge = true;
+    }
+    let merged = fold_run(&dir, &merged_config, &redis, &topic, produced).await?;
+    let merged_used = used_memory(&mut con).await?;
     let FoldRun {
         secs: ingest_secs,
         ready_secs,
@@ -144,6 +144,12 @@ async fn main() -> Result<()> {
         mapped.secs,
         ingest_rate / mapped_rate
     );
+    let merged_rate = produced as f64 / merged.secs;
+    println!(
+        "| **foldcache ingest, entity merged** (`merge = true`: parts and re-merge) | {:.2} | {merged_rate:.0} | {:.2} |",
+        merged.secs,
+        ingest_rate / merged_rate
+    );
     println!(
         "\ningest / min(baselines) = {:.2} (target >= 0.5)",
         ingest_rate / floor
@@ -165,8 +171,24 @@ async fn main() -> Result<()> {
         used as f64 / 1048576.0,
         used as f64 / keys.max(1) as f64
     );
+    println!(
+        "merged: {:.2}x the whole-state fold's rate; peak RSS {:.1} MiB; Redis used_memory {:.1} MiB, {:.0} bytes per entity",
+        merged_rate / ingest_rate,
+        merged.peak_rss_kb as f64 / 1024.0,
+        merged_used as f64 / 1048576.0,
+        merged_used as f64 / keys.max(1) as f64
+    );
     let _ = std::fs::remove_dir_all(&dir);
     Ok(())
+}
+
+async fn used_memory(con: &mut redis::aio::MultiplexedConnection) -> Result<u64> {
+    let info: String = redis::cmd("INFO").arg("memory").query_async(con).await?;
+    Ok(info
+        .lines()
+        .find_map(|l| l.strip_prefix("used_memory:"))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0))
 }
 
 /// One ingest run from an empty Redis until every record is folded.
