@@ -167,16 +167,16 @@ async fn main() -> Result<()> {
     }
     println!("ingest peak RSS: {:.1} MiB", peak_rss_kb as f64 / 1024.0);
     println!(
-        "Redis: {keys} keys, used_memory {:.1} MiB, {:.0} bytes per entity",
+        "Redis: {keys} keys (entities, ids, indexes, change log), used_memory {:.1} MiB, {:.0} bytes per employee",
         used as f64 / 1048576.0,
-        used as f64 / keys.max(1) as f64
+        used as f64 / produced.max(1) as f64
     );
     println!(
-        "merged: {:.2}x the whole-state fold's rate; peak RSS {:.1} MiB; Redis used_memory {:.1} MiB, {:.0} bytes per entity",
+        "merged: {:.2}x the whole-state fold's rate; peak RSS {:.1} MiB; Redis used_memory {:.1} MiB, {:.0} bytes per employee",
         merged_rate / ingest_rate,
         merged.peak_rss_kb as f64 / 1024.0,
         merged_used as f64 / 1048576.0,
-        merged_used as f64 / keys.max(1) as f64
+        merged_used as f64 / produced.max(1) as f64
     );
     let _ = std::fs::remove_dir_all(&dir);
     Ok(())
@@ -364,6 +364,11 @@ fn bench_toml(config: &Config, redis_url: &str) -> String {
         unique("bench-group"),
         config.kafka.dead_letter_topic
     );
+    for (name, e) in &config.entities {
+        if e.merge {
+            s.push_str(&format!("[entities.{name}]\nmerge = true\n"));
+        }
+    }
     for src in &config.sources {
         s.push_str(&format!(
             "[[sources]]\ntopic = \"{}\"\nentity = \"{}\"\n",
