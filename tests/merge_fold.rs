@@ -302,6 +302,27 @@ async fn priority_decides_a_shared_member_and_a_late_link_moves_parts() -> Resul
     Ok(())
 }
 
+#[tokio::test]
+async fn the_ttl_sweep_keeps_the_parts_of_a_live_merged_entity() -> Result<()> {
+    let (redis, mut con, mut cache) = setup("fc").await?;
+    let hr = json!({"id": "E1", "name": "Ada"});
+    cache.fold(&mut con, &[rec(HR, "E1", Some(hr))]).await?;
+    let parts = "fc:g1:{employees}:_parts:E1";
+    let entity = "fc:g1:employees:E1";
+    for key in [parts, entity] {
+        let () = con.pexpire(key, 5_000).await?;
+    }
+    let mut manager = redis::aio::ConnectionManager::new(redis::Client::open(redis.url())?).await?;
+    foldcache_ingest::ttl_refresh::TtlRefresher::new(&config(), "test")
+        .sweep(&mut manager, 1)
+        .await?;
+    for key in [parts, entity] {
+        let ttl: i64 = con.pttl(key).await?;
+        assert!(ttl > 5_000, "{key}: the sweep reset its TTL ({ttl} ms)");
+    }
+    Ok(())
+}
+
 /// What the reference model holds: each (topic, source id)'s members, and
 /// the links.
 #[derive(Default)]
