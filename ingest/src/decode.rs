@@ -166,13 +166,7 @@ pub fn decode_within(
     let Some(value) = value else {
         return Ok(Decoded::Delete { id });
     };
-    if value.len() > max_value_bytes {
-        return Err(Poison::TooLarge {
-            size: value.len(),
-            limit: max_value_bytes,
-        });
-    }
-    let text = std::str::from_utf8(value).map_err(|_| Poison::InvalidUtf8)?;
+    let text = value_text(value, max_value_bytes)?;
     let json: Value =
         serde_json::from_str(text).map_err(|e| Poison::InvalidJson(json_error_position(&e)))?;
     let state = match source.format {
@@ -225,6 +219,17 @@ fn json_error_position(e: &serde_json::Error) -> String {
     )
 }
 
+/// A value as text, within the size limit.
+fn value_text(value: &[u8], max_value_bytes: usize) -> Result<&str, Poison> {
+    if value.len() > max_value_bytes {
+        return Err(Poison::TooLarge {
+            size: value.len(),
+            limit: max_value_bytes,
+        });
+    }
+    std::str::from_utf8(value).map_err(|_| Poison::InvalidUtf8)
+}
+
 /// A link record: key = the id as the sources name it, value = the
 /// canonical id, as text or as a JSON string; null (or JSON `null`)
 /// unlinks.
@@ -237,15 +242,7 @@ fn decode_link(
     let Some(value) = value else {
         return Ok(Decoded::Link { id, target: None });
     };
-    if value.len() > max_value_bytes {
-        return Err(Poison::TooLarge {
-            size: value.len(),
-            limit: max_value_bytes,
-        });
-    }
-    let text = std::str::from_utf8(value)
-        .map_err(|_| Poison::InvalidUtf8)?
-        .trim();
+    let text = value_text(value, max_value_bytes)?.trim();
     let target = match text {
         "null" => return Ok(Decoded::Link { id, target: None }),
         quoted if quoted.starts_with('"') => serde_json::from_str::<String>(quoted)

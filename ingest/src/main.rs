@@ -276,7 +276,7 @@ async fn run_main() -> anyhow::Result<()> {
             };
             let records = generate_merger::records(seed, people, &topics);
             let sent = tokio::task::spawn_blocking(move || {
-                produce::produce_records(&config, records.into_iter(), 0)
+                produce::produce_records(&config, records.into_iter().map(Ok), 0)
             })
             .await??;
             tracing::info!(records = sent, "merger data set produced");

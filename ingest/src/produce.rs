@@ -49,36 +49,24 @@ pub fn produce(
 ) -> anyhow::Result<u64> {
     let topics = [Kind::Employee, Kind::Team, Kind::Permission]
         .map(|k| topic_for(config, k).map(str::to_owned));
-    let mut missing = None;
-    let records = events.map_while(|e| {
+    let records = events.map(|e| {
         let topic = match e.kind {
             Kind::Employee => &topics[0],
             Kind::Team => &topics[1],
             Kind::Permission => &topics[2],
         };
-        match topic {
-            Ok(t) => Some((
-                t.clone(),
-                e.key,
-                e.value.map(|v| v.to_string().into_bytes()),
-            )),
-            Err(why) => {
-                missing = Some(why.to_string());
-                None
-            }
-        }
+        let topic = topic.as_ref().map_err(|why| anyhow::anyhow!("{why}"))?;
+        let payload = e.value.map(|v| v.to_string().into_bytes());
+        Ok((topic.clone(), e.key, payload))
     });
-    let sent = produce_records(config, records, rate)?;
-    match missing {
-        Some(why) => Err(anyhow::anyhow!(why)),
-        None => Ok(sent),
-    }
+    produce_records(config, records, rate)
 }
 
-/// Like [`produce`], for records already addressed to their topics.
+/// Like [`produce`], for records already addressed to their topics; the
+/// first `Err` stops it.
 pub fn produce_records(
     config: &Config,
-    records: impl Iterator<Item = Record>,
+    records: impl Iterator<Item = anyhow::Result<Record>>,
     rate: u64,
 ) -> anyhow::Result<u64> {
     let producer: ThreadedProducer<Deliveries> = kafka_client_config(config)
@@ -90,7 +78,8 @@ pub fn produce_records(
         .context("creating the producer")?;
     let start = Instant::now();
     let mut sent = 0u64;
-    for (topic, key, payload) in records {
+    for record in records {
+        let (topic, key, payload) = record?;
         let mut record: BaseRecord<'_, str, [u8]> = BaseRecord::to(&topic).key(key.as_str());
         if let Some(p) = &payload {
             record = record.payload(p.as_slice());

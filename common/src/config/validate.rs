@@ -508,13 +508,7 @@ fn sources(c: &Config) -> Result<(), ConfigError> {
         }
         programs(i, s)?;
         if let Some(path) = &s.schema_file {
-            Schema::load(path).map_err(|why| {
-                reject(
-                    format!("sources[{i}].schema_file"),
-                    quoted(&path.to_string_lossy()),
-                    why,
-                )
-            })?;
+            schema_file(format!("sources[{i}].schema_file"), path)?;
         }
         let merged = c.entities.get(&s.entity).is_some_and(|e| e.merge);
         contribution(i, s, merged)?;
@@ -566,6 +560,14 @@ fn sources(c: &Config) -> Result<(), ConfigError> {
         }
     }
     Ok(())
+}
+
+/// A JSON Schema file must load and compile (both binaries load it again
+/// at start; a bad one must stop them here first).
+fn schema_file(key: String, path: &std::path::Path) -> Result<(), ConfigError> {
+    Schema::load(path)
+        .map(drop)
+        .map_err(|why| reject(key, quoted(&path.to_string_lossy()), why))
 }
 
 /// `fields` and `priority` say how a source contributes to a merged
@@ -652,13 +654,7 @@ fn entities(c: &Config) -> Result<(), ConfigError> {
         }
         entity_ttl(name, e)?;
         if let Some(path) = &e.schema_file {
-            Schema::load(path).map_err(|why| {
-                reject(
-                    format!("entities.{name}.schema_file"),
-                    quoted(&path.to_string_lossy()),
-                    why,
-                )
-            })?;
+            schema_file(format!("entities.{name}.schema_file"), path)?;
         }
         let bound_ms = e.freshness_secs.saturating_mul(1000);
         if lag_ms.saturating_mul(2) > bound_ms {
