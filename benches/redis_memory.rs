@@ -1,0 +1,162 @@
+//! Redis memory per employee, by key kind: N generator employees (default
+//! 100,000) folded by ingest's own decode and fold code into a real
+//! redis-server with the default config (indexes `email` unique, `team_id`,
+//! `manager_id`), then `INFO memory` and `MEMORY USAGE` of a sample of each
+//! key kind. The baseline is the employee's canonical JSON (the body
+//! query-api serves), measured in the same run.
+//!
+//! No broker: this measures the key scheme, not the pipeline
+//! (`benches/ingest_load.rs` measures that).
+//!
+//! Run: `scripts/dev bench-memory [EMPLOYEES]`.
+
+use anyhow::{Context, Result};
+use foldcache::RedisServer;
+use foldcache_common::config::Config;
+use foldcache_common::keys::KeySpace;
+use foldcache_ingest::decode::decode;
+use foldcache_ingest::fold::{Folder, PartitionBatch};
+use foldcache_ingest::generate::{GenOptions, Generator, Kind};
+use foldcache_ingest::source::Sources;
+use std::collections::BTreeMap;
+
+const EPOCH: &str = "bench-epoch";
+const BATCH: usize = 500;
+
+#[tokio::main]
+async fn main() -> Result<()> {
+    let employees: usize = std::env::args()
+        .skip(1)
+        .find_map(|a| a.parse().ok())
+        .unwrap_or(100_000);
+    let redis = RedisServer::start().await?;
+    let mut con = redis.connection().await?;
+    let keys = KeySpace::new("fc");
+    foldcache::seed_ready_cache(&mut con, &keys, EPOCH).await?;
+    let config = Config::default();
+    let folder = Folder::from_config(keys.clone(), &config);
+    let sources = Sources::from_config(&config)?;
+    let topic = config
+        .sources
+        .iter()
+        .find(|s| s.entity == "employees")
+        .context("no employees source")?
+        .topic
+        .clone();
+    let source = sources.get(&topic).context("source")?.clone();
+    let before = used_memory(&mut con).await?;
+
+    let opts = GenOptions {
+        seed: 7,
+        employees,
+        teams: 1000,
+        updates: 0,
+        deletes: 0,
+    };
+    let mut json_bytes = 0usize;
+    let mut batch = PartitionBatch::new(&topic, 0);
+    let mut offset = 0i64;
+    let events = Generator::new(opts)
+        .events()
+        .filter(|e| e.kind == Kind::Employee);
+    for e in events {
+        let value = e.value.context("employee without a value")?;
+        let body = serde_json::to_vec(&value)?;
+        json_bytes += body.len();
+        let d = decode(&source, Some(e.key.as_bytes()), Some(&body), 1 << 20)
+            .map_err(|p| anyhow::anyhow!("{p}"))?;
+        batch.push(&keys, 1, &source, offset, 1_000 + offset, d);
+        offset += 1;
+        if batch.len() >= BATCH {
+            folder.fold(&mut con, EPOCH, 1, &[batch]).await?;
+            batch = PartitionBatch::new(&topic, 0);
+        }
+    }
+    if !batch.is_empty() {
+        folder.fold(&mut con, EPOCH, 1, &[batch]).await?;
+    }
+    let used = used_memory(&mut con).await? - before;
+    let n = offset as f64;
+
+    // Sample every key kind.
+    let mut kinds: BTreeMap<String, (u64, u64, BTreeMap<String, u64>)> = BTreeMap::new();
+    let mut cursor = 0u64;
+    let mut sampled = 0usize;
+    loop {
+        let (next, batch): (u64, Vec<String>) = redis::cmd("SCAN")
+            .arg(cursor)
+            .arg("COUNT")
+            .arg(1000)
+            .query_async(&mut con)
+            .await?;
+        for k in batch {
+            let bytes: Option<u64> = redis::cmd("MEMORY")
+                .arg("USAGE")
+                .arg(&k)
+                .arg("SAMPLES")
+                .arg(0)
+                .query_async(&mut con)
+                .await?;
+            let encoding: String = redis::cmd("OBJECT")
+                .arg("ENCODING")
+                .arg(&k)
+                .query_async(&mut con)
+                .await?;
+            let e = kinds.entry(kind_of(&k)).or_default();
+            e.0 += 1;
+            e.1 += bytes.unwrap_or(0);
+            *e.2.entry(encoding).or_default() += 1;
+            sampled += 1;
+        }
+        cursor = next;
+        if cursor == 0 {
+            break;
+        }
+    }
+    println!(
+        "\n## Redis memory per employee ({offset} employees, default config)\n\n\
+         canonical JSON: {:.0} bytes per employee (the baseline)\n\
+         used_memory growth: {:.0} bytes per employee = {:.2}x the canonical JSON\n",
+        json_bytes as f64 / n,
+        used as f64 / n,
+        used as f64 / json_bytes as f64
+    );
+    println!("| key kind | keys | encodings | MEMORY USAGE bytes per employee |");
+    println!("|---|---:|---|---:|");
+    for (k, (count, bytes, encodings)) in &kinds {
+        let encodings: Vec<String> = encodings.iter().map(|(e, c)| format!("{e} {c}")).collect();
+        println!(
+            "| `{k}` | {count} | {} | {:.0} |",
+            encodings.join(", "),
+            *bytes as f64 / n
+        );
+    }
+    let total: u64 = kinds.values().map(|v| v.1).sum();
+    println!(
+        "| all ({sampled} keys) | | | {:.0} |",
+        total as f64 / n
+    );
+    Ok(())
+}
+
+/// `fc:g1:employees:E00001` → `{entity hash}`, `fc:g1:{employees}:_ix:email:…`
+/// → `_ix:email:*`.
+fn kind_of(key: &str) -> String {
+    let parts: Vec<&str> = key.splitn(5, ':').collect();
+    match parts.as_slice() {
+        [_, _, _, rest, _] if rest.starts_with("_ix") => format!("{}:{}:*", parts[2], rest),
+        [_, g, e, last] if g.starts_with('g') && !last.starts_with('_') => {
+            format!("{e}:{{id}} (entity hash)")
+        }
+        [_, g, e, last] if g.starts_with('g') => format!("{e}:{last}"),
+        _ => parts.iter().take(2).cloned().collect::<Vec<_>>().join(":"),
+    }
+}
+
+async fn used_memory(con: &mut redis::aio::MultiplexedConnection) -> Result<u64> {
+    let info: String = redis::cmd("INFO").arg("memory").query_async(con).await?;
+    info.lines()
+        .find_map(|l| l.strip_prefix("used_memory:"))
+        .and_then(|v| v.trim().parse().ok())
+        .context("no used_memory")
+}
