@@ -132,10 +132,7 @@ async fn main() -> Result<()> {
         );
     }
     let total: u64 = kinds.values().map(|v| v.1).sum();
-    println!(
-        "| all ({sampled} keys) | | | {:.0} |",
-        total as f64 / n
-    );
+    println!("| all ({sampled} keys) | | | {:.0} |", total as f64 / n);
     Ok(())
 }
 

@@ -16,10 +16,12 @@
 //! filter `?team_id=T004339` matches the same text.
 //!
 //! ingest computes each entity's **index entries** (`{index}:{encoded
-//! value}`) when it folds a state, and stores them in the entity hash (meta
-//! field [`crate::keys::META_INDEX`]) so the next fold of the same id can
-//! move or remove them without reading the old state's JSON.
+//! value}`) when it folds a state, and stores them in the entity hash (one
+//! meta field per index, [`crate::keys::META_INDEX_PREFIX`]) so the next
+//! fold of the same id can move or remove them without reading the old
+//! state's JSON.
 
+use crate::keys::{META_INDEX_LEGACY, META_INDEX_PREFIX};
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 use std::collections::BTreeSet;
@@ -165,6 +167,38 @@ pub fn entry(index: &str, value: &str) -> String {
     format!("{index}:{}", encode_value(value))
 }
 
+/// The meta fields that store `entries` (as [`entries_of`] returns them) in
+/// an entity hash: `_fc:ix:{index}` → that index's encoded values, joined
+/// by `\n` in sorted order; no field for an index without a value.
+pub fn meta_fields(entries: &str) -> Vec<(String, String)> {
+    let mut fields: Vec<(String, String)> = Vec::new();
+    for e in entries.split('\n').filter(|e| !e.is_empty()) {
+        let Some((index, value)) = e.split_once(':') else {
+            continue;
+        };
+        match fields.last_mut() {
+            Some((name, values)) if name[META_INDEX_PREFIX.len()..] == *index => {
+                values.push('\n');
+                values.push_str(value);
+            }
+            _ => fields.push((format!("{META_INDEX_PREFIX}{index}"), value.to_owned())),
+        }
+    }
+    fields
+}
+
+/// Whether an entity hash's fields (as stored) hold `value` in `index`:
+/// the check that keeps a stale index entry from being served.
+pub fn holds(hash: &[(String, String)], index: &str, value: &str) -> bool {
+    let encoded = encode_value(value);
+    let field = format!("{META_INDEX_PREFIX}{index}");
+    let legacy = entry(index, value);
+    hash.iter().any(|(k, v)| {
+        (*k == field && v.split('\n').any(|x| x == encoded))
+            || (k == META_INDEX_LEGACY && v.split('\n').any(|x| x == legacy))
+    })
+}
+
 /// A configured index, resolved.
 #[derive(Debug, Clone)]
 pub struct IndexSpec {
@@ -208,6 +242,31 @@ mod tests {
             path: FieldPath::parse(path).unwrap(),
             unique: false,
         }
+    }
+
+    #[test]
+    fn meta_fields_group_entries_by_index_and_holds_reads_both_layouts() {
+        let specs = [spec("a", "a"), spec("a1", "b[]"), spec("team", "t")];
+        let fields = vec![
+            ("a".to_owned(), "\"x y\"".to_owned()),
+            ("b".to_owned(), "[\"q\",\"p\"]".to_owned()),
+            ("t".to_owned(), "7".to_owned()),
+        ];
+        let entries = entries_of(&specs, &fields);
+        assert_eq!(
+            meta_fields(&entries),
+            vec![
+                ("_fc:ix:a1".to_owned(), "p\nq".to_owned()),
+                ("_fc:ix:a".to_owned(), "x%20y".to_owned()),
+                ("_fc:ix:team".to_owned(), "7".to_owned()),
+            ]
+        );
+        assert!(meta_fields("").is_empty());
+        let hash = meta_fields(&entries);
+        assert!(holds(&hash, "a1", "q") && holds(&hash, "a", "x y"));
+        assert!(!holds(&hash, "a", "q") && !holds(&hash, "team", "x y"));
+        let legacy = vec![(META_INDEX_LEGACY.to_owned(), entries)];
+        assert!(holds(&legacy, "a1", "p") && !holds(&legacy, "a", "p"));
     }
 
     #[test]

@@ -46,10 +46,18 @@ pub const META_ETAG: &str = "_fc:etag";
 pub const META_MODIFIED_MS: &str = "_fc:mod";
 /// Meta field: where the state came from, `{topic}/{partition}/{offset}`.
 pub const META_SOURCE: &str = "_fc:src";
-/// Meta field: the state's index entries (`{index}:{encoded value}`,
-/// `\n`-separated, see [`crate::index`]), so that the next fold of the id
-/// can move or remove them; absent when the state is in no index.
-pub const META_INDEX: &str = "_fc:ix";
+/// Meta field prefix: `_fc:ix:{index}` holds the state's encoded values in
+/// that index (`\n`-separated, sorted, see [`crate::index`]), so that the
+/// next fold of the id can move or remove them; absent when the state has
+/// no value in the index. One field per index keeps each value short, so a
+/// typical entity hash stays in Redis's compact listpack encoding (any
+/// value over `hash-max-listpack-value`, 64 bytes by default, turns the
+/// whole hash into a hash table: 3× the memory).
+pub const META_INDEX_PREFIX: &str = "_fc:ix:";
+/// Meta field of the layout before [`META_INDEX_PREFIX`]: every index
+/// entry (`{index}:{encoded value}`) in one field. Still read, never
+/// written: a cache folded by an older ingest keeps its indexes exact.
+pub const META_INDEX_LEGACY: &str = "_fc:ix";
 
 /// Fields of the `{prefix}:state` hash.
 pub mod state_field {

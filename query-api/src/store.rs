@@ -12,7 +12,7 @@ use crate::cursor::{Scope, StreamPos, epoch_tag};
 use crate::local_cache::LocalCache;
 use foldcache_common::id::{EntityId, EntityName};
 use foldcache_common::keys::{
-    InstanceBeat, KeySpace, META_ETAG, META_INDEX, META_MODIFIED_MS, META_PREFIX, state_field,
+    InstanceBeat, KeySpace, META_ETAG, META_MODIFIED_MS, META_PREFIX, state_field,
 };
 use foldcache_common::runtime::now_ms;
 use foldcache_common::state::assemble_body;
@@ -471,12 +471,9 @@ impl Store {
         after: Option<&EntityId>,
         limit: usize,
     ) -> redis::RedisResult<Page> {
-        let (key, entry) = match source {
-            PageSource::All => (self.keys.ids(generation, entity), None),
-            PageSource::Index { index, value } => (
-                self.keys.index(generation, entity, index, value),
-                Some(foldcache_common::index::entry(index, value)),
-            ),
+        let key = match source {
+            PageSource::All => self.keys.ids(generation, entity),
+            PageSource::Index { index, value } => self.keys.index(generation, entity, index, value),
         };
         let start = after.map_or_else(|| "-".to_owned(), |id| format!("({id}"));
         let (ids, hashes): (Vec<String>, Vec<Vec<(String, String)>>) = PAGE_SCRIPT
@@ -500,14 +497,10 @@ impl Store {
                 missing += 1;
                 continue;
             }
-            if let Some(entry) = &entry {
-                let holds = hash
-                    .iter()
-                    .find(|(k, _)| k == META_INDEX)
-                    .is_some_and(|(_, v)| v.split('\n').any(|e| e == entry));
-                if !holds {
-                    continue;
-                }
+            if let PageSource::Index { index, value } = source
+                && !foldcache_common::index::holds(&hash, index, value)
+            {
+                continue;
             }
             items.push((id, hash));
         }

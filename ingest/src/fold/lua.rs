@@ -9,7 +9,8 @@
 //! batch, ARGV[4] 'epoch', ARGV[5] generation, ARGV[6] the offset the
 //! caller knows is stored (its position), ARGV[7] index key prefix, ARGV[8]
 //! change log length bound (0: none), ARGV[9] change log max age in ms (0:
-//! none), ARGV[10] unique index names, space-separated.
+//! none), ARGV[10] the entity's index names, space-separated, a unique
+//! one followed by `!`.
 //! Every script returns `{upserted, deleted, skipped, unique conflicts,
 //! ids whose served state changed (merge only)}`; a negative first number
 //! is a guard that refused the batch (nothing written).
@@ -35,12 +36,43 @@ if tonumber(ARGV[6]) > fence then
   return {-3, fence, 0, 0, {}}
 end
 local maxlen = tonumber(ARGV[8])
-local unique = {}
-for name in string.gmatch(ARGV[10], '%S+') do unique[name] = true end
+local unique, ixfields = {}, {'_fc:ix'}
+for name in string.gmatch(ARGV[10], '%S+') do
+  if string.sub(name, -1) == '!' then
+    name = string.sub(name, 1, -2)
+    unique[name] = true
+  end
+  ixfields[#ixfields + 1] = '_fc:ix:' .. name
+end
 local function entries(s)
   local t = {}
   if s then for e in string.gmatch(s, '[^\n]+') do t[e] = true end end
   return t
+end
+-- The index entries ('{index}:{value}') a hash holds, from the values of
+-- `ixfields` (field -> value): one field per index ('_fc:ix:{index}',
+-- values '\n'-separated), or every entry in '_fc:ix' (the layout before).
+local function stored_entries(get)
+  local t = entries(get['_fc:ix'])
+  for k = 2, #ixfields do
+    local v = get[ixfields[k]]
+    if v then
+      local name = string.sub(ixfields[k], 8)
+      for e in string.gmatch(v, '[^\n]+') do t[name .. ':' .. e] = true end
+    end
+  end
+  return t
+end
+-- HMGET of `fields` then `ixfields`: the first values by position, the
+-- index fields by name.
+local function read_meta(key, fields)
+  local all = {}
+  for k = 1, #fields do all[k] = fields[k] end
+  for k = 1, #ixfields do all[#all + 1] = ixfields[k] end
+  local got = redis.call('HMGET', key, unpack(all))
+  local byname = {}
+  for k = #fields + 1, #all do byname[all[k]] = got[k] end
+  return got, byname
 end
 local conflicts, logged = 0, 0
 local up, del, skip = 0, 0, 0
@@ -89,8 +121,8 @@ end
 ///
 /// KEYS[5..] entity hashes; from ARGV[11], per entity key: id, offset,
 /// ttl_ms, etag, mod, index entries ('\n'-separated), nfields (-1 =
-/// delete), name, value, ... (the fields include _fc:etag, _fc:mod and,
-/// if not empty, _fc:ix).
+/// delete), name, value, ... (the fields include _fc:etag, _fc:mod and the
+/// index entries' `_fc:ix:{index}` fields).
 pub const REPLACE: &str = r"
 local c = 11
 for i = 5, #KEYS do
@@ -100,15 +132,15 @@ for i = 5, #KEYS do
   if off < fence then
     skip = skip + 1
   elseif n < 0 then
-    local old = redis.call('HGET', KEYS[i], '_fc:ix')
+    local _, ixs = read_meta(KEYS[i], {})
     redis.call('DEL', KEYS[i])
-    if old then reindex(id, entries(old), {}) end
+    reindex(id, stored_entries(ixs), {})
     redis.call('ZREM', KEYS[3], id)
     log_change('d', id, '')
     del = del + 1
   else
     local etag, mod, ix = ARGV[c + 3], ARGV[c + 4], ARGV[c + 5]
-    local prev = redis.call('HMGET', KEYS[i], '_fc:mod', '_fc:etag', '_fc:ix')
+    local prev, ixs = read_meta(KEYS[i], {'_fc:mod', '_fc:etag'})
     redis.call('DEL', KEYS[i])
     hset_all(KEYS[i], ARGV, c + 7, c + 6 + 2 * n)
     -- Last-Modified never moves backwards for a key that exists.
@@ -116,7 +148,7 @@ for i = 5, #KEYS do
       redis.call('HSET', KEYS[i], '_fc:mod', prev[1])
     end
     redis.call('PEXPIRE', KEYS[i], ARGV[c + 2])
-    if (prev[3] or '') ~= ix then reindex(id, entries(prev[3]), entries(ix)) end
+    reindex(id, stored_entries(ixs), entries(ix))
     redis.call('ZADD', KEYS[3], 0, id)
     -- The same state again (an upstream duplicate) is no change.
     if prev[2] ~= etag then log_change('u', id, etag) end
@@ -185,7 +217,7 @@ local function remerge(id, ttl, mod, src)
   if #parts == 0 then
     if #all > 0 then
       redis.call('DEL', key)
-      reindex(id, entries(meta['_fc:ix']), {})
+      reindex(id, stored_entries(meta), {})
       redis.call('ZREM', KEYS[3], id)
       log_change('d', id, '')
       touched[#touched + 1] = id
@@ -214,10 +246,13 @@ local function remerge(id, ttl, mod, src)
     set[#set + 1] = w[2]
   end
   local etag = redis.sha1hex('{' .. table.concat(body, ',') .. '}')
-  local ixs = {}
-  for e in pairs(ix) do ixs[#ixs + 1] = e end
-  table.sort(ixs, bytes_lt)
-  local ixstr = table.concat(ixs, '\n')
+  -- The index fields: each index's values, sorted, '\n'-separated.
+  local ixvals = {}
+  for e in pairs(ix) do
+    local name, v = string.match(e, '^([^:]+):(.*)$')
+    ixvals[name] = ixvals[name] or {}
+    table.insert(ixvals[name], v)
+  end
   for f in pairs(members) do
     if not won[f] then redis.call('HDEL', key, f) end
   end
@@ -234,16 +269,20 @@ local function remerge(id, ttl, mod, src)
     set[#set + 1] = '_fc:mod'
     set[#set + 1] = string.format('%d', m)
   end
-  if ixstr ~= '' then
-    set[#set + 1] = '_fc:ix'
-    set[#set + 1] = ixstr
-  elseif meta['_fc:ix'] then
-    redis.call('HDEL', key, '_fc:ix')
+  for k, f in ipairs(ixfields) do
+    local vals = ixvals[string.sub(f, 8)]
+    if k > 1 and vals then
+      table.sort(vals, bytes_lt)
+      set[#set + 1] = f
+      set[#set + 1] = table.concat(vals, '\n')
+    elseif meta[f] then
+      redis.call('HDEL', key, f)
+    end
   end
   hset_all(key, set, 1, #set)
   redis.call('PEXPIRE', key, ttl)
   redis.call('PEXPIRE', pkey, ttl)
-  if (meta['_fc:ix'] or '') ~= ixstr then reindex(id, entries(meta['_fc:ix']), ix) end
+  reindex(id, stored_entries(meta), ix)
   redis.call('ZADD', KEYS[3], 0, id)
   if changed then
     log_change('u', id, etag)

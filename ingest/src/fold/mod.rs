@@ -11,7 +11,8 @@
 //! 4. keeps the entity type's derived keys exact in the same step: the
 //!    sorted set of every id (the collection's order), the secondary
 //!    indexes (an update moves the id from its old entries to its new ones,
-//!    found in the hash's `_fc:ix` meta field; a tombstone removes them) and
+//!    found in the hash's `_fc:ix:{index}` meta fields; a tombstone removes
+//!    them) and
 //!    the change log (a stream entry `op u|d, id, etag` for every change:
 //!    a state equal to the stored one is no change), trimmed by length
 //!    and age; the newest removed entry is recorded in the stream
@@ -37,10 +38,8 @@ pub use batch::PartitionBatch;
 
 use batch::{Kind, Op};
 use foldcache_common::config::{Config, SourceConfig};
-use foldcache_common::index::{IndexSpec, entries_of};
-use foldcache_common::keys::{
-    KeySpace, META_ETAG, META_INDEX, META_MODIFIED_MS, partition_field, state_field,
-};
+use foldcache_common::index::{IndexSpec, entries_of, meta_fields};
+use foldcache_common::keys::{KeySpace, META_ETAG, META_MODIFIED_MS, partition_field, state_field};
 use foldcache_common::state::write_json_string;
 use redis::aio::ConnectionLike;
 use std::collections::HashMap;
@@ -94,8 +93,9 @@ pub struct FoldOutcome {
 #[derive(Debug, Clone, Default)]
 struct Derived {
     indexes: Vec<IndexSpec>,
-    /// Names of the unique indexes, space-separated (the script's form).
-    unique: String,
+    /// The index names, space-separated, a unique one followed by `!` (the
+    /// script's form).
+    names: String,
     changes_max_len: u64,
     changes_max_age_ms: u64,
     /// Merged entities: the source topics by precedence, highest first,
@@ -126,17 +126,16 @@ impl Folder {
             .iter()
             .map(|(name, e)| {
                 let indexes = e.index_specs();
-                let unique = indexes
+                let names = indexes
                     .iter()
-                    .filter(|i| i.unique)
-                    .map(|i| i.name.as_str())
+                    .map(|i| format!("{}{}", i.name, if i.unique { "!" } else { "" }))
                     .collect::<Vec<_>>()
                     .join(" ");
                 (
                     name.clone(),
                     Derived {
                         indexes,
-                        unique,
+                        names,
                         changes_max_len: e.changes_max_len,
                         changes_max_age_ms: e.changes_max_age_secs.saturating_mul(1000),
                         precedence: precedence(config, name),
@@ -272,7 +271,7 @@ impl Folder {
             )
             .arg(derived.changes_max_len)
             .arg(derived.changes_max_age_ms)
-            .arg(&derived.unique);
+            .arg(&derived.names);
         match (b.kind, &b.entity) {
             (Kind::Replace, _) | (_, None) => replace_args(&mut inv, b, derived),
             (Kind::Part | Kind::Link, Some(entity)) => {
@@ -320,15 +319,13 @@ fn replace_args(inv: &mut redis::ScriptInvocation<'_>, b: &PartitionBatch, deriv
                         .map_or("", |(_, v)| v.as_str())
                 };
                 let entries = entries_of(&derived.indexes, fields);
+                let index_fields = meta_fields(&entries);
                 inv.arg(meta(META_ETAG))
                     .arg(meta(META_MODIFIED_MS))
                     .arg(&entries);
-                inv.arg(fields.len() + usize::from(!entries.is_empty()));
-                for (name, value) in fields {
+                inv.arg(fields.len() + index_fields.len());
+                for (name, value) in fields.iter().chain(&index_fields) {
                     inv.arg(name).arg(value);
-                }
-                if !entries.is_empty() {
-                    inv.arg(META_INDEX).arg(entries);
                 }
             }
             Op::Remove | Op::Part(_) | Op::Link(_) => {
