@@ -45,6 +45,8 @@ async fn main() -> Result<()> {
         .clone();
     let source = sources.get(&topic).context("source")?.clone();
     let before = used_memory(&mut con).await?;
+    let redis_pid = redis.pid().context("redis pid")?;
+    let cpu_before = foldcache::cpu_secs(redis_pid);
 
     let opts = GenOptions {
         seed: 7,
@@ -75,6 +77,7 @@ async fn main() -> Result<()> {
     if !batch.is_empty() {
         folder.fold(&mut con, EPOCH, 1, &[batch]).await?;
     }
+    let redis_cpu = foldcache::cpu_secs(redis_pid) - cpu_before;
     let used = used_memory(&mut con).await? - before;
     let n = offset as f64;
 
@@ -116,10 +119,12 @@ async fn main() -> Result<()> {
     println!(
         "\n## Redis memory per employee ({offset} employees, default config)\n\n\
          canonical JSON: {:.0} bytes per employee (the baseline)\n\
-         used_memory growth: {:.0} bytes per employee = {:.2}x the canonical JSON\n",
+         used_memory growth: {:.0} bytes per employee = {:.2}x the canonical JSON\n\
+         Redis CPU of the fold: {:.1} us per employee ({BATCH} per script call)\n",
         json_bytes as f64 / n,
         used as f64 / n,
-        used as f64 / json_bytes as f64
+        used as f64 / json_bytes as f64,
+        redis_cpu * 1e6 / n
     );
     println!("| key kind | keys | encodings | MEMORY USAGE bytes per employee |");
     println!("|---|---:|---|---:|");

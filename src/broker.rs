@@ -175,6 +175,11 @@ impl Broker {
         .await
     }
 
+    /// The OS process id, while running (benchmarks read its CPU time).
+    pub fn pid(&self) -> Option<u32> {
+        self.lock().as_ref().and_then(Process::pid)
+    }
+
     /// `127.0.0.1:PORT`.
     pub fn bootstrap(&self) -> String {
         format!("127.0.0.1:{}", self.port)

@@ -26,7 +26,7 @@ mod tls_proxy;
 
 pub use binaries::{foldcache_binary, redis_server_binary, tansu_binary};
 pub use broker::{Broker, BrokerStorage};
-pub use process::{Process, test_log_dir};
+pub use process::{Process, cpu_secs, test_log_dir};
 pub use records::{Rec, produce_all};
 pub use redis_server::RedisServer;
 pub use stack::{Stack, Topics};

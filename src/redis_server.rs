@@ -96,6 +96,11 @@ impl RedisServer {
         .await
     }
 
+    /// The OS process id, while running (benchmarks read its CPU time).
+    pub fn pid(&self) -> Option<u32> {
+        self.lock().as_ref().and_then(Process::pid)
+    }
+
     /// Its port.
     pub fn port(&self) -> u16 {
         self.port

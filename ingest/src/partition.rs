@@ -1,6 +1,11 @@
 //! One partition's pipeline, in its own task: fetch queue → decode → batch →
 //! dead letters → fold → offsets.
 //!
+//! The write of a batch (its dead letters, then its fold) is in flight
+//! while the next batch is fetched and decoded: one write at a time, in
+//! offset order, so per-key order and the offset fence are as if each
+//! batch waited for the one before.
+//!
 //! A partition that cannot progress (Redis unreachable, the dead-letter topic
 //! gone) stalls only itself: it retries with capped, jittered backoff, says
 //! so once (a log line per state change, the
@@ -13,9 +18,9 @@
 //! folds its last batch first), or when the fold finds that its generation
 //! or Redis changed under it (see [`PartitionExit`]).
 
-use crate::dead_letter::{DeadLetter, DeadLetters};
+use crate::dead_letter::{DeadLetter, DeadLetters, SendError};
 use crate::decode::{Decoded, Limits, decode_within};
-use crate::fold::{FoldError, Folder, PartitionBatch};
+use crate::fold::{FoldError, FoldOutcome, Folder, PartitionBatch};
 use crate::progress::{FetchViews, PartitionProgress, PartitionStatus, Statuses, Tp, lock};
 use crate::purge::Purger;
 use crate::rebalance::{KafkaConsumer, PartitionQueue};
@@ -25,6 +30,9 @@ use foldcache_common::keys::KeySpace;
 use foldcache_common::runtime::now_ms;
 use rdkafka::consumer::Consumer as _;
 use rdkafka::message::{BorrowedMessage, Message as _};
+use std::collections::VecDeque;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
@@ -106,21 +114,74 @@ impl std::fmt::Debug for PartitionTask {
 /// Records read but not yet folded.
 struct Batch {
     partition: PartitionBatch,
-    dead: Vec<DeadLetter>,
+    /// Dead letters not sent yet (a write that failed halfway resumes
+    /// after the last one sent).
+    dead: VecDeque<DeadLetter>,
     records: usize,
     bytes: usize,
+    /// When the first record arrived (the linger counts from it).
     started: Option<Instant>,
+    /// When its write first started.
+    written: Option<Instant>,
 }
 
 impl Batch {
     fn new(tp: &Tp) -> Self {
         Self {
             partition: PartitionBatch::new(&tp.0, tp.1),
-            dead: Vec::new(),
+            dead: VecDeque::new(),
             records: 0,
             bytes: 0,
             started: None,
+            written: None,
         }
+    }
+}
+
+/// Why one attempt to write a batch failed.
+enum WriteError {
+    Dead(SendError),
+    Fold(FoldError),
+}
+
+/// One attempt to write a batch, running while the next batch fills; it
+/// hands the batch back, to be retried on failure.
+type Write = Pin<Box<dyn Future<Output = (Batch, Result<FoldOutcome, WriteError>)> + Send>>;
+
+/// One attempt: the batch's dead letters (each sent once), then its fold
+/// with `known` as the offset Redis must hold at least.
+async fn write(
+    pipeline: Arc<Pipeline>,
+    mut con: redis::aio::ConnectionManager,
+    mut batch: Batch,
+    known: i64,
+) -> (Batch, Result<FoldOutcome, WriteError>) {
+    while let Some(letter) = batch.dead.front() {
+        if let Err(e) = pipeline.dead.send(letter).await {
+            return (batch, Err(WriteError::Dead(e)));
+        }
+        batch.dead.pop_front();
+    }
+    let folded = pipeline
+        .folder
+        .fold_from(
+            &mut con,
+            &pipeline.epoch,
+            pipeline.generation,
+            std::slice::from_ref(&batch.partition),
+            &[known],
+        )
+        .await
+        .map(|o| o.into_iter().next().unwrap_or_default())
+        .map_err(WriteError::Fold);
+    (batch, folded)
+}
+
+/// The write in flight, if any.
+async fn written(write: &mut Option<Write>) -> (Batch, Result<FoldOutcome, WriteError>) {
+    match write {
+        Some(w) => w.as_mut().await,
+        None => std::future::pending().await,
     }
 }
 
@@ -158,6 +219,7 @@ impl PartitionTask {
         // Present from the start, so dashboards and alerts see 0, not nothing.
         self.stalled_gauge(false);
         let mut batch = Batch::new(&self.tp);
+        let mut in_flight: Option<Write> = None;
         let mut observe = tokio::time::interval(OBSERVE_EVERY);
         observe.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let exit = loop {
@@ -166,17 +228,24 @@ impl PartitionTask {
             let deadline = batch
                 .started
                 .map(|s| tokio::time::Instant::from_std(s + self.pipeline.linger));
+            let idle = in_flight.is_none();
             tokio::select! {
                 biased;
                 () = self.stop.cancelled() => {
-                    break match self.flush(&mut batch).await {
-                        Ok(()) => PartitionExit::Drained,
-                        Err(exit) => exit,
-                    };
+                    break self.finish(in_flight.take(), batch).await;
                 }
-                () = sleep_until(deadline), if deadline.is_some() || full => {
-                    if let Err(exit) = self.flush(&mut batch).await {
-                        break exit;
+                (done, result) = written(&mut in_flight) => {
+                    in_flight = None;
+                    match self.settle(done, result).await {
+                        Ok(None) => {}
+                        Ok(Some(retry)) => in_flight = Some(self.launch(retry)),
+                        Err(exit) => break exit,
+                    }
+                }
+                () = sleep_until(deadline), if idle && (deadline.is_some() || full) => {
+                    let ready = std::mem::replace(&mut batch, Batch::new(&self.tp));
+                    if ready.records > 0 {
+                        in_flight = Some(self.launch(ready));
                     }
                 }
                 msg = queue.recv(), if !full => match msg {
@@ -188,7 +257,7 @@ impl PartitionTask {
                     }
                 },
                 _ = observe.tick() => {
-                    if let Some(exit) = self.observe(batch.records == 0) {
+                    if let Some(exit) = self.observe(batch.records == 0 && idle) {
                         break exit;
                     }
                 }
@@ -231,7 +300,7 @@ impl PartitionTask {
             }
             Err(poison) => {
                 batch.partition.advance(offset);
-                batch.dead.push(DeadLetter {
+                batch.dead.push_back(DeadLetter {
                     topic: self.tp.0.clone(),
                     partition: self.tp.1,
                     offset,
@@ -244,47 +313,61 @@ impl PartitionTask {
         }
     }
 
-    /// Dead-letters, folds and stores the offset of the batch, retrying
-    /// transient failures until they pass (the generation's loop aborts the
-    /// task if a shutdown's drain time runs out first: nothing was stored,
+    /// Starts writing `batch` (see [`write`]); Redis must hold at least
+    /// this task's position.
+    fn launch(&self, mut batch: Batch) -> Write {
+        batch.written.get_or_insert_with(Instant::now);
+        Box::pin(write(
+            self.pipeline.clone(),
+            self.con.clone(),
+            batch,
+            self.progress.position(),
+        ))
+    }
+
+    /// At revocation or shutdown: the write in flight, then the last batch,
+    /// each retried until it passes (the generation's loop aborts the task
+    /// if a shutdown's drain time runs out first: nothing more was stored,
     /// so the next owner folds it again).
-    async fn flush(&mut self, batch: &mut Batch) -> Result<(), PartitionExit> {
-        if batch.records == 0 {
-            batch.started = None;
-            return Ok(());
-        }
-        let started = Instant::now();
-        for letter in std::mem::take(&mut batch.dead) {
+    async fn finish(&mut self, in_flight: Option<Write>, last: Batch) -> PartitionExit {
+        let last = (last.records > 0).then(|| self.launch(last));
+        for mut w in in_flight.into_iter().chain(last) {
             loop {
-                match self.pipeline.dead.send(&letter).await {
-                    Ok(()) => break,
-                    Err(e) => self.failed(e.kind(), &e).await,
+                let (done, result) = w.await;
+                match self.settle(done, result).await {
+                    Ok(None) => break,
+                    Ok(Some(retry)) => w = self.launch(retry),
+                    Err(exit) => return exit,
                 }
             }
         }
-        let known = self.progress.position();
-        let outcome = loop {
-            let folded = self
-                .pipeline
-                .folder
-                .fold_from(
-                    &mut self.con,
-                    &self.pipeline.epoch,
-                    self.pipeline.generation,
-                    std::slice::from_ref(&batch.partition),
-                    &[known],
-                )
-                .await;
-            match folded {
-                Ok(o) => break o.into_iter().next().unwrap_or_default(),
-                Err(FoldError::EpochChanged) => return Err(PartitionExit::EpochLost),
-                Err(FoldError::Retired) => return Err(PartitionExit::Retired),
-                Err(e @ FoldError::WentBack { .. }) => {
-                    tracing::error!(topic = %self.tp.0, partition = self.tp.1, error = %e,
-                        generation = self.pipeline.generation, "Redis went back in time");
-                    return Err(PartitionExit::RedisWentBack);
-                }
-                Err(e @ FoldError::Redis(_)) => self.failed("redis", &e).await,
+        PartitionExit::Drained
+    }
+
+    /// Takes in the result of a write: the offset, the purge, the metrics;
+    /// after a transient failure, waits out the backoff and hands the batch
+    /// back to be written again (the fence makes the retry exact).
+    async fn settle(
+        &mut self,
+        batch: Batch,
+        result: Result<FoldOutcome, WriteError>,
+    ) -> Result<Option<Batch>, PartitionExit> {
+        let outcome = match result {
+            Ok(o) => o,
+            Err(WriteError::Dead(e)) => {
+                self.failed(e.kind(), &e).await;
+                return Ok(Some(batch));
+            }
+            Err(WriteError::Fold(FoldError::EpochChanged)) => return Err(PartitionExit::EpochLost),
+            Err(WriteError::Fold(FoldError::Retired)) => return Err(PartitionExit::Retired),
+            Err(WriteError::Fold(e @ FoldError::WentBack { .. })) => {
+                tracing::error!(topic = %self.tp.0, partition = self.tp.1, error = %e,
+                    generation = self.pipeline.generation, "Redis went back in time");
+                return Err(PartitionExit::RedisWentBack);
+            }
+            Err(WriteError::Fold(e @ FoldError::Redis(_))) => {
+                self.failed("redis", &e).await;
+                return Ok(Some(batch));
             }
         };
         self.recovered();
@@ -312,12 +395,12 @@ impl PartitionTask {
             metrics::counter!("foldcache_ingest_folded_total", "entity" => entity.clone(), "outcome" => label)
                 .increment(n);
         }
-        metrics::histogram!("foldcache_ingest_batch_seconds")
-            .record(started.elapsed().as_secs_f64());
+        if let Some(t) = batch.written {
+            metrics::histogram!("foldcache_ingest_batch_seconds").record(t.elapsed().as_secs_f64());
+        }
         tracing::debug!(topic = %self.tp.0, partition = self.tp.1, records = batch.records, next, "batch folded");
-        *batch = Batch::new(&self.tp);
         self.publish();
-        Ok(())
+        Ok(None)
     }
 
     /// Looks at the latest fetch statistics; `idle` = nothing unfolded.

@@ -27,6 +27,14 @@ use tokio_util::sync::CancellationToken;
 /// generations.
 const WATCH_EVERY: Duration = Duration::from_millis(500);
 
+/// How long ingest waits for a Redis reply before it counts the command as
+/// failed and retries. Every partition's fold script shares one connection
+/// and Redis runs them one after another: a backlog's full batches (a
+/// `batch_max_events` script takes tens of milliseconds, longer on a busy
+/// machine) can queue for well over redis-rs's default 500 ms, which used
+/// to time out and re-send folds that were running fine.
+const REDIS_RESPONSE_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// A running ingest: configuration plus the long-lived clients.
 #[derive(Debug)]
 pub struct Ingest {
@@ -89,7 +97,11 @@ impl Ingest {
         let max = Duration::from_millis(self.config.ingest.retry_max_backoff_ms);
         let mut con = tokio::select! {
             c = retry::until_ok("connecting to Redis", max, || {
-                redis::aio::ConnectionManager::new(self.redis.clone())
+                redis::aio::ConnectionManager::new_with_config(
+                    self.redis.clone(),
+                    redis::aio::ConnectionManagerConfig::new()
+                        .set_response_timeout(Some(REDIS_RESPONSE_TIMEOUT)),
+                )
             }) => c,
             () = &mut shutdown => return Ok(()),
         };
