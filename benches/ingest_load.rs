@@ -34,6 +34,9 @@ async fn main() -> Result<()> {
         .skip(1)
         .find_map(|a| a.parse().ok())
         .unwrap_or(1_000_000);
+    // `--plain`: only the run from an empty Redis, printed as one row of
+    // the scale curve (`scripts/dev bench-curve`).
+    let plain_only = std::env::args().any(|a| a == "--plain");
     let redis = RedisServer::start().await?;
     let broker = Broker::start().await?;
     let id = unique("bench");
@@ -89,7 +92,7 @@ async fn main() -> Result<()> {
     let bootstrap = broker.bootstrap();
     let topic_c = topic.clone();
     let broker_cpu0 = cpu_secs(broker.pid().context("broker pid")?);
-    let drain_secs =
+    let (drain_secs, drained_bytes) =
         tokio::task::spawn_blocking(move || drain(&bootstrap, &topic_c, produced)).await??;
     let drain_broker_cpu = cpu_secs(broker.pid().context("broker pid")?) - broker_cpu0;
 
@@ -106,6 +109,21 @@ async fn main() -> Result<()> {
     let plain = fold_run(&dir, &config, &redis, broker_pid, &topic, produced).await?;
     let keys: u64 = redis::cmd("DBSIZE").query_async(&mut con).await?;
     let used = used_memory(&mut con).await?;
+    if plain_only {
+        let ready = plain.ready_secs.unwrap_or(plain.secs);
+        println!(
+            "| {produced} | {ready:.1} s | {drain_secs:.1} s | {:.2}x | {:.0} | {:.2} | {:.1} MiB | {:.0} B = {:.2}x | {} |",
+            ready / drain_secs,
+            produced as f64 / plain.secs,
+            (produced as f64 / plain.secs) / (produced as f64 / drain_secs).min(hset_rate),
+            plain.peak_rss_kb as f64 / 1024.0,
+            used as f64 / produced.max(1) as f64,
+            used as f64 / drained_bytes.max(1) as f64,
+            plain.cpu.line(plain.secs),
+        );
+        let _ = std::fs::remove_dir_all(&dir);
+        return Ok(());
+    }
     let mut mapped_config = config.clone();
     mapped_config.sources[0].transform = Some(EMPLOYEE_MAPPING.into());
     let mapped = fold_run(&dir, &mapped_config, &redis, broker_pid, &topic, produced).await?;
@@ -269,7 +287,7 @@ async fn fold_run(
             break;
         }
         anyhow::ensure!(
-            t.elapsed() < Duration::from_secs(600),
+            t.elapsed() < Duration::from_secs(600.max(produced / 2_000)),
             "ingest did not finish: {done}/{produced}"
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
@@ -290,7 +308,8 @@ async fn fold_run(
     })
 }
 
-fn drain(bootstrap: &str, topic: &str, expect: u64) -> Result<f64> {
+/// Seconds to drain `expect` records, and their value bytes.
+fn drain(bootstrap: &str, topic: &str, expect: u64) -> Result<(f64, usize)> {
     let consumer: BaseConsumer = ClientConfig::new()
         .set("bootstrap.servers", bootstrap)
         .set("group.id", unique("drain"))
@@ -316,7 +335,7 @@ fn drain(bootstrap: &str, topic: &str, expect: u64) -> Result<f64> {
     }
     let secs = t.elapsed().as_secs_f64();
     eprintln!("plain consumer drained {n} records ({bytes} bytes) in {secs:.2} s");
-    Ok(secs)
+    Ok((secs, bytes))
 }
 
 /// Fields per entity hash as ingest writes them (members + 3 meta fields).
