@@ -21,6 +21,7 @@ use foldcache_ingest::source::Sources;
 use std::collections::BTreeMap;
 
 const EPOCH: &str = "bench-epoch";
+/// Records per fold script call, unless `FOLDCACHE_BENCH_BATCH` says.
 const BATCH: usize = 500;
 
 #[tokio::main]
@@ -44,6 +45,10 @@ async fn main() -> Result<()> {
         .topic
         .clone();
     let source = sources.get(&topic).context("source")?.clone();
+    let batch_max: usize = std::env::var("FOLDCACHE_BENCH_BATCH")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(BATCH);
     let before = used_memory(&mut con).await?;
     let redis_pid = redis.pid().context("redis pid")?;
     let cpu_before = foldcache::cpu_secs(redis_pid);
@@ -69,7 +74,7 @@ async fn main() -> Result<()> {
             .map_err(|p| anyhow::anyhow!("{p}"))?;
         batch.push(&keys, 1, &source, offset, 1_000 + offset, d);
         offset += 1;
-        if batch.len() >= BATCH {
+        if batch.len() >= batch_max {
             folder.fold(&mut con, EPOCH, 1, &[batch]).await?;
             batch = PartitionBatch::new(&topic, 0);
         }
@@ -120,7 +125,7 @@ async fn main() -> Result<()> {
         "\n## Redis memory per employee ({offset} employees, default config)\n\n\
          canonical JSON: {:.0} bytes per employee (the baseline)\n\
          used_memory growth: {:.0} bytes per employee = {:.2}x the canonical JSON\n\
-         Redis CPU of the fold: {:.1} us per employee ({BATCH} per script call)\n",
+         Redis CPU of the fold: {:.1} us per employee ({batch_max} per script call)\n",
         json_bytes as f64 / n,
         used as f64 / n,
         used as f64 / json_bytes as f64,
