@@ -7,7 +7,8 @@ mod common;
 
 use anyhow::Result;
 use axum::http::{Method, StatusCode};
-use common::{Both, Res, send};
+use common::both::Both;
+use common::{Res, send};
 use foldcache::RedisServer;
 use foldcache_common::config::{Config, ValueFormat, Visibility};
 use foldcache_common::id::EntityName;
