@@ -10,81 +10,30 @@
 //!
 //! Run: `scripts/dev bench-memory [EMPLOYEES]`.
 
+#[path = "support/employees.rs"]
+mod employees;
+
 use anyhow::{Context, Result};
-use foldcache::RedisServer;
+use employees::{Folded, batch_size, count_arg, fold_employees, ready_redis};
 use foldcache_common::config::Config;
-use foldcache_common::keys::KeySpace;
-use foldcache_ingest::decode::decode;
-use foldcache_ingest::fold::{Folder, PartitionBatch};
-use foldcache_ingest::generate::{GenOptions, Generator, Kind};
-use foldcache_ingest::source::Sources;
 use std::collections::BTreeMap;
 
 const EPOCH: &str = "bench-epoch";
-/// Records per fold script call, unless `FOLDCACHE_BENCH_BATCH` says.
-const BATCH: usize = 500;
 
 #[tokio::main]
 async fn main() -> Result<()> {
-    let employees: usize = std::env::args()
-        .skip(1)
-        .find_map(|a| a.parse().ok())
-        .unwrap_or(100_000);
-    let redis = RedisServer::start().await?;
-    let mut con = redis.connection().await?;
-    let keys = KeySpace::new("fc");
-    foldcache::seed_ready_cache(&mut con, &keys, EPOCH).await?;
-    let config = Config::default();
-    let folder = Folder::from_config(keys.clone(), &config);
-    let sources = Sources::from_config(&config)?;
-    let topic = config
-        .sources
-        .iter()
-        .find(|s| s.entity == "employees")
-        .context("no employees source")?
-        .topic
-        .clone();
-    let source = sources.get(&topic).context("source")?.clone();
-    let batch_max: usize = std::env::var("FOLDCACHE_BENCH_BATCH")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(BATCH);
+    let employees = count_arg(100_000);
+    let (redis, mut con, keys) = ready_redis(EPOCH).await?;
     let before = used_memory(&mut con).await?;
     let redis_pid = redis.pid().context("redis pid")?;
     let cpu_before = foldcache::cpu_secs(redis_pid);
-
-    let opts = GenOptions {
-        seed: 7,
-        employees,
-        teams: 1000,
-        updates: 0,
-        deletes: 0,
-    };
-    let mut json_bytes = 0usize;
-    let mut batch = PartitionBatch::new(&topic, 0);
-    let mut offset = 0i64;
-    let events = Generator::new(opts)
-        .events()
-        .filter(|e| e.kind == Kind::Employee);
-    for e in events {
-        let value = e.value.context("employee without a value")?;
-        let body = serde_json::to_vec(&value)?;
-        json_bytes += body.len();
-        let d = decode(&source, Some(e.key.as_bytes()), Some(&body), 1 << 20)
-            .map_err(|p| anyhow::anyhow!("{p}"))?;
-        batch.push(&keys, 1, &source, offset, 1_000 + offset, d);
-        offset += 1;
-        if batch.len() >= batch_max {
-            folder.fold(&mut con, EPOCH, 1, &[batch]).await?;
-            batch = PartitionBatch::new(&topic, 0);
-        }
-    }
-    if !batch.is_empty() {
-        folder.fold(&mut con, EPOCH, 1, &[batch]).await?;
-    }
+    let Folded {
+        employees: folded,
+        json_bytes,
+    } = fold_employees(&mut con, &keys, EPOCH, &Config::default(), employees).await?;
     let redis_cpu = foldcache::cpu_secs(redis_pid) - cpu_before;
     let used = used_memory(&mut con).await? - before;
-    let n = offset as f64;
+    let n = folded as f64;
 
     // Sample every key kind.
     let mut kinds: BTreeMap<String, (u64, u64, BTreeMap<String, u64>)> = BTreeMap::new();
@@ -122,14 +71,15 @@ async fn main() -> Result<()> {
         }
     }
     println!(
-        "\n## Redis memory per employee ({offset} employees, default config)\n\n\
+        "\n## Redis memory per employee ({folded} employees, default config)\n\n\
          canonical JSON: {:.0} bytes per employee (the baseline)\n\
          used_memory growth: {:.0} bytes per employee = {:.2}x the canonical JSON\n\
-         Redis CPU of the fold: {:.1} us per employee ({batch_max} per script call)\n",
+         Redis CPU of the fold: {:.1} us per employee ({} per script call)\n",
         json_bytes as f64 / n,
         used as f64 / n,
         used as f64 / json_bytes as f64,
-        redis_cpu * 1e6 / n
+        redis_cpu * 1e6 / n,
+        batch_size()
     );
     println!("| key kind | keys | encodings | MEMORY USAGE bytes per employee |");
     println!("|---|---:|---|---:|");

@@ -1,4 +1,5 @@
-//! Access control over the real router (`Router::oneshot`) and a real
+//! Access control over the service query-api serves (the real router behind
+//! its single-lookup fast path, `oneshot`) and a real
 //! redis-server holding the demo data set (10,000 employees, 10,000 teams,
 //! 10,000 permission records) folded by ingest's own code: tokens, grants,
 //! views, per-view ETags, private caching, rate limits.
@@ -6,7 +7,6 @@
 mod common;
 
 use anyhow::{Result, ensure};
-use axum::Router;
 use axum::http::Method;
 use axum::http::StatusCode;
 use common::{Res, send};
@@ -19,8 +19,9 @@ use foldcache_ingest::decode::decode;
 use foldcache_ingest::fold::{Folder, PartitionBatch};
 use foldcache_ingest::generate::{GenOptions, Generator};
 use foldcache_ingest::source::Source;
+use foldcache_query_api::fast_path::Api;
 use foldcache_query_api::store::Store;
-use foldcache_query_api::{AppState, router};
+use foldcache_query_api::{AppState, service};
 use serde_json::Value;
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -78,7 +79,7 @@ fn config() -> Config {
 
 struct Fixture {
     _redis: RedisServer,
-    app: Router,
+    app: Api,
     employees: Vec<(String, Value)>,
 }
 
@@ -136,7 +137,7 @@ async fn fixture(config: &Config) -> Result<Fixture> {
         folder.fold(&mut con, epoch, 1, &batches).await?;
     }
     let store = Store::connect(redis::Client::open(redis.url())?, keys).await?;
-    let app = router(AppState::new(store, config), config.http.compression);
+    let app = service(AppState::new(store, config), config.http.compression);
     Ok(Fixture {
         _redis: redis,
         app,
@@ -144,7 +145,7 @@ async fn fixture(config: &Config) -> Result<Fixture> {
     })
 }
 
-async fn get(app: &Router, uri: &str, bearer: Option<&str>, extra: &[(&str, &str)]) -> Result<Res> {
+async fn get(app: &Api, uri: &str, bearer: Option<&str>, extra: &[(&str, &str)]) -> Result<Res> {
     let auth = bearer.map(|t| format!("Bearer {t}"));
     let mut headers: Vec<(&str, &str)> = extra.to_vec();
     if let Some(a) = &auth {

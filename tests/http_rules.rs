@@ -1,12 +1,13 @@
 //! One test per HTTP rule of query-api, over the real router
-//! (`Router::oneshot`) reading a real redis-server that was written by
+//! (`Router::oneshot`) and the service query-api serves (the router behind
+//! its single-lookup fast path), which must answer the same bytes, reading a real redis-server that was written by
 //! ingest's own fold code.
 
 mod common;
 
 use anyhow::Result;
-use axum::Router;
 use axum::http::{Method, StatusCode};
+use common::both::Both;
 use common::{Res, send};
 use foldcache::RedisServer;
 use foldcache_common::config::{Config, ValueFormat, Visibility};
@@ -15,8 +16,8 @@ use foldcache_common::keys::{InstanceBeat, KeySpace};
 use foldcache_ingest::decode::decode;
 use foldcache_ingest::fold::{Folder, PartitionBatch};
 use foldcache_ingest::source::Source;
+use foldcache_query_api::AppState;
 use foldcache_query_api::store::Store;
-use foldcache_query_api::{AppState, router};
 use redis::AsyncCommands;
 use serde_json::{Value, json};
 
@@ -27,7 +28,7 @@ const LAST_MODIFIED: &str = "Wed, 01 Jan 2025 00:00:00 GMT";
 struct Fixture {
     _redis: RedisServer,
     con: redis::aio::MultiplexedConnection,
-    app: Router,
+    app: Both,
 }
 
 fn e1() -> Value {
@@ -93,7 +94,7 @@ async fn fixture(config: Config) -> Result<Fixture> {
     )
     .await?;
     let store = Store::connect(redis::Client::open(redis.url())?, keys).await?;
-    let app = router(AppState::new(store, &config), config.http.compression);
+    let app = Both::new(AppState::new(store, &config), config.http.compression);
     Ok(Fixture {
         _redis: redis,
         con,
@@ -105,11 +106,11 @@ async fn ready() -> Result<Fixture> {
     fixture(Config::default()).await
 }
 
-async fn get(app: &Router, uri: &str, headers: &[(&str, &str)]) -> Result<Res> {
+async fn get(app: &Both, uri: &str, headers: &[(&str, &str)]) -> Result<Res> {
     send(app, Method::GET, uri, headers).await
 }
 
-async fn etag_of_e1(app: &Router) -> Result<String> {
+async fn etag_of_e1(app: &Both) -> Result<String> {
     Ok(get(app, "/v1/employees/E1", &[])
         .await?
         .header("etag")

@@ -102,6 +102,11 @@ impl Caller {
             ApiError::Unauthorized { invalid: false }
         })
     }
+
+    /// Whether the caller's requests are counted against a rate limit.
+    pub fn rate_limited(&self) -> bool {
+        self.limiter.is_some()
+    }
 }
 
 /// The request's caller, as an extractor (reads `Authorization` in place,
@@ -208,23 +213,7 @@ impl Auth {
 
     /// Identifies the caller of a request and charges its rate limit.
     pub fn authenticate(&self, headers: &HeaderMap) -> Result<Arc<Caller>, ApiError> {
-        // Open mode ignores tokens: there is nothing to check them against.
-        let Some(value) = headers
-            .get(http::header::AUTHORIZATION)
-            .filter(|_| self.enabled)
-        else {
-            return Ok(self.anonymous.clone());
-        };
-        let token = value
-            .to_str()
-            .ok()
-            .and_then(bearer_token)
-            .ok_or(ApiError::Unauthorized { invalid: true })?;
-        let hash = token_hash(token);
-        let caller = self
-            .by_hash
-            .get(&hash)
-            .ok_or(ApiError::Unauthorized { invalid: true })?;
+        let caller = self.identify(headers)?;
         if let Some(limiter) = &caller.limiter
             && let Err(not_until) = limiter.check()
         {
@@ -236,6 +225,26 @@ impl Auth {
             });
         }
         Ok(caller.clone())
+    }
+
+    /// The caller of a request (401 for a malformed or unknown token),
+    /// without charging its rate limit.
+    pub fn identify(&self, headers: &HeaderMap) -> Result<&Arc<Caller>, ApiError> {
+        // Open mode ignores tokens: there is nothing to check them against.
+        let Some(value) = headers
+            .get(http::header::AUTHORIZATION)
+            .filter(|_| self.enabled)
+        else {
+            return Ok(&self.anonymous);
+        };
+        let token = value
+            .to_str()
+            .ok()
+            .and_then(bearer_token)
+            .ok_or(ApiError::Unauthorized { invalid: true })?;
+        self.by_hash
+            .get(&token_hash(token))
+            .ok_or(ApiError::Unauthorized { invalid: true })
     }
 }
 

@@ -171,14 +171,20 @@ impl<S: Send + Sync> axum::extract::FromRequestParts<S> for Revalidation {
         if h.contains_key(http::header::ACCEPT_ENCODING) {
             return Ok(Self(None));
         }
-        Ok(Self(match Conditions::of(h) {
-            Conditions::IfNoneMatch(v) => Some(v),
-            Conditions::None | Conditions::Any(_) => None,
-        }))
+        Ok(Self::of(&Conditions::of(h)))
     }
 }
 
 impl Revalidation {
+    /// The revalidation of a request without `Accept-Encoding` that has
+    /// `conditions`.
+    pub(crate) fn of(conditions: &Conditions) -> Self {
+        Self(match conditions {
+            Conditions::IfNoneMatch(v) => Some(v.clone()),
+            Conditions::None | Conditions::Any(_) => None,
+        })
+    }
+
     /// Whether the client holds exactly `current` (the identity `ETag`).
     pub fn holds(&self, current: &Validators) -> bool {
         self.0.as_ref() == Some(&current.etag_header)
@@ -186,7 +192,7 @@ impl Revalidation {
 }
 
 /// A request's preconditions, kept while the handler runs.
-enum Conditions {
+pub(crate) enum Conditions {
     /// None at all (the common read).
     None,
     /// Exactly one `If-None-Match` line and no other precondition (the
@@ -197,7 +203,12 @@ enum Conditions {
 }
 
 impl Conditions {
-    fn of(headers: &HeaderMap) -> Self {
+    /// Whether preconditions other than one `If-None-Match` line are set.
+    pub(crate) fn is_any(&self) -> bool {
+        matches!(self, Self::Any(_))
+    }
+
+    pub(crate) fn of(headers: &HeaderMap) -> Self {
         let mut inm = headers.get_all(IF_NONE_MATCH).iter();
         let others = CONDITIONAL_HEADERS[..]
             .iter()
@@ -230,7 +241,13 @@ impl Conditions {
 /// Middleware (outside compression): final ETag, then preconditions.
 pub async fn layer(req: Request, next: Next) -> Response {
     let conditions = Conditions::of(req.headers());
-    let mut res = next.run(req).await;
+    finish(conditions, next.run(req).await)
+}
+
+/// The response to a request with `conditions`: a 200 that carries
+/// [`Validators`] gets its final `ETag`, then the preconditions decide
+/// between it, a 304 and a 412; any other response is left as it is.
+pub(crate) fn finish(conditions: Conditions, mut res: Response) -> Response {
     let Some(v) = res.extensions_mut().remove::<Validators>() else {
         return res;
     };

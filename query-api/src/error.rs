@@ -100,6 +100,15 @@ struct Problem<'a> {
 }
 
 impl ApiError {
+    /// Whether the error came from reading the cache (a missing id, a cache
+    /// not ready, Redis failing), not from the request alone.
+    pub(crate) fn after_lookup(&self) -> bool {
+        matches!(
+            self,
+            ApiError::NotFound { .. } | ApiError::NotReady { .. } | ApiError::Unavailable { .. }
+        )
+    }
+
     fn parts(&self) -> (StatusCode, &'static str, &'static str) {
         match self {
             ApiError::UnknownEntity(_) => (

@@ -24,6 +24,7 @@ pub mod collection;
 pub mod conditional;
 pub mod cursor;
 pub mod error;
+pub mod fast_path;
 pub mod hub;
 pub mod local_cache;
 pub mod prefer;
@@ -253,6 +254,12 @@ pub fn router(state: AppState, compression: bool) -> Router {
         .layer(middleware::from_fn(track_metrics))
 }
 
+/// What query-api serves: [`router`] behind the single-lookup fast path
+/// ([`fast_path::Api`]).
+pub fn service(state: AppState, compression: bool) -> fast_path::Api {
+    fast_path::Api::new(state.clone(), router(state, compression), compression)
+}
+
 /// Largest header section accepted, in bytes (names + values).
 pub const MAX_HEADER_BYTES: usize = 16 * 1024;
 
@@ -268,6 +275,8 @@ const ROUTES: [&str; 8] = [
 ];
 /// Route templates a request can match (the others are labels).
 const MATCHED_ROUTES: usize = 6;
+/// The index of `/v1/{entity}/{id}` in [`ROUTES`].
+const ROUTE_ENTITY: usize = 0;
 const STATUSES: [u16; 14] = [
     200, 304, 400, 401, 403, 404, 405, 410, 412, 429, 431, 500, 503, 0,
 ];
@@ -317,18 +326,21 @@ fn count_request(route: usize, head: bool, status: StatusCode, elapsed: Duration
         .record(elapsed.as_secs_f64());
 }
 
+/// The size of a header section as [`MAX_HEADER_BYTES`] counts it.
+fn header_bytes(headers: &http::HeaderMap) -> usize {
+    headers
+        .iter()
+        .map(|(k, v)| k.as_str().len() + v.len() + 4)
+        .sum()
+}
+
 /// Records request counts and latency by route template and status (and
 /// refuses oversized header sections first: one middleware, not two, on
 /// the hot path).
 async fn track_metrics(req: Request, next: Next) -> Response {
     let start = Instant::now();
     let head = req.method() == http::Method::HEAD;
-    let size: usize = req
-        .headers()
-        .iter()
-        .map(|(k, v)| k.as_str().len() + v.len() + 4)
-        .sum();
-    if size > MAX_HEADER_BYTES {
+    if header_bytes(req.headers()) > MAX_HEADER_BYTES {
         count_request(
             ROUTES.len() - 1,
             head,
@@ -403,7 +415,10 @@ pub async fn serve(
         );
     }
     let state = AppState::new(store, config);
-    let app = router(state.clone(), config.http.compression);
+    let app = axum::ServiceExt::<Request>::into_make_service(service(
+        state.clone(),
+        config.http.compression,
+    ));
     // On shutdown, end event streams and long-polls first: graceful
     // shutdown waits for in-flight requests, and those would never finish.
     let mut closing = state.closing.clone();
@@ -448,7 +463,7 @@ pub async fn serve(
             });
             axum_server::from_tcp_rustls(listener.into_std()?, rustls)?
                 .handle(handle)
-                .serve(app.into_make_service())
+                .serve(app)
                 .await
         }
     };

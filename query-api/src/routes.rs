@@ -29,14 +29,28 @@ pub async fn get_entity(
     path: Result<Path<(String, String)>, PathRejection>,
 ) -> Result<Response, ApiError> {
     let Path((entity, id)) = path.map_err(|e| ApiError::BadRequest(path_problem(&e)))?;
-    let (name, policy) = entity_policy(&app, &entity)?;
+    entity_response(&app, &caller, long_poll, revalidation, &entity, &id).await
+}
+
+/// The answer to a single lookup of `id` of `entity` by `caller`, before
+/// the conditional layer: a 200 with its [`Validators`], the 304 of a plain
+/// revalidation, or the error.
+pub(crate) async fn entity_response(
+    app: &AppState,
+    caller: &Caller,
+    long_poll: LongPoll,
+    revalidation: Revalidation,
+    entity: &str,
+    id: &str,
+) -> Result<Response, ApiError> {
+    let (name, policy) = entity_policy(app, entity)?;
     let view = caller.view(name.as_str())?;
-    let id = EntityId::parse(&id).map_err(|e| ApiError::InvalidId(e.to_string()))?;
+    let id = EntityId::parse(id).map_err(|e| ApiError::InvalidId(e.to_string()))?;
     let mut lookup = app
         .store
         .get(&name, &id, policy.max_staleness_ms, view)
         .await
-        .map_err(|e| unavailable(&app, &name, &e))?;
+        .map_err(|e| unavailable(app, &name, &e))?;
     let mut applied = None;
     if let LongPoll(Some((secs, inm))) = long_poll {
         let wait = Duration::from_secs(secs.min(app.max_wait_secs));
@@ -44,12 +58,12 @@ pub async fn get_entity(
         if let Lookup::Found(e) = &lookup
             && client_has(&inm, &e.validators.etag)
         {
-            lookup = wait_for_change(&app, &name, &id, policy, view, &inm, wait).await?;
+            lookup = wait_for_change(app, &name, &id, policy, view, &inm, wait).await?;
         }
     }
     let entity = match lookup {
         Lookup::Found(e) => e,
-        Lookup::NotFound => return Err(not_found(&app, policy, &caller)),
+        Lookup::NotFound => return Err(not_found(app, policy, caller)),
         Lookup::NotReady => {
             return Err(ApiError::NotReady {
                 retry_after: app.retry_after,
@@ -60,16 +74,16 @@ pub async fn get_entity(
         // The common revalidation, answered without building the 200.
         return Ok(not_modified_identity(
             &entity.validators.clone().not_after(SystemTime::now()),
-            cache_control(&app, policy, &caller).clone(),
-            vary(&app),
+            cache_control(app, policy, caller).clone(),
+            vary(app),
             entity.body.len(),
         ));
     }
     let tags = app.entity_surrogate_keys(&name, &id, &entity);
     let mut res = representation(
-        &app,
+        app,
         policy,
-        &caller,
+        caller,
         entity.body.clone(),
         entity.validators.clone(),
         tags,
@@ -88,7 +102,7 @@ pub(crate) const PREFERENCE_APPLIED: header::HeaderName =
 /// A long-poll: `Prefer: wait=N` (seconds) with an `If-None-Match`. Only
 /// the `Prefer` header is looked up on the common path.
 #[derive(Debug)]
-pub struct LongPoll(Option<(u64, headers::IfNoneMatch)>);
+pub struct LongPoll(pub(crate) Option<(u64, headers::IfNoneMatch)>);
 
 impl<S: Send + Sync> axum::extract::FromRequestParts<S> for LongPoll {
     type Rejection = std::convert::Infallible;

@@ -1,13 +1,17 @@
-//! Shared by the router-level tests: one request through the real router,
-//! and its response with the body collected.
+//! Shared by the router-level tests: one request through the real router
+//! (or the service query-api serves, or both: [`both::Both`]), and its response
+//! with the body collected.
 
 use anyhow::Result;
-use axum::Router;
 use axum::body::Body;
 use axum::http::{Method, Request, StatusCode};
 use http_body_util::BodyExt;
 use serde_json::Value;
 use tower::ServiceExt;
+
+// Only tests/http_rules.rs sends every request through both.
+#[allow(dead_code)]
+pub mod both;
 
 /// A response, body collected.
 pub struct Res {
@@ -29,12 +33,14 @@ impl Res {
 }
 
 /// `method uri` with `headers`, through `app`.
-pub async fn send(
-    app: &Router,
-    method: Method,
-    uri: &str,
-    headers: &[(&str, &str)],
-) -> Result<Res> {
+pub async fn send<S>(app: &S, method: Method, uri: &str, headers: &[(&str, &str)]) -> Result<Res>
+where
+    S: tower::Service<
+            Request<Body>,
+            Response = axum::response::Response,
+            Error = std::convert::Infallible,
+        > + Clone,
+{
     let mut req = Request::builder().method(method).uri(uri);
     for (k, v) in headers {
         req = req.header(*k, *v);
