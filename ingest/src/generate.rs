@@ -253,6 +253,15 @@ pub struct Generator {
     employees: Vec<Option<Value>>,
 }
 
+/// Where [`Generator::events`] is: the next index of each part.
+#[derive(Debug, Clone, Copy)]
+enum Stage {
+    Teams(usize),
+    Employees(usize),
+    Permissions(usize),
+    Churn(usize),
+}
+
 /// `E000001` style ids.
 pub fn employee_id(i: usize) -> String {
     format!("E{:06}", i + 1)
@@ -268,84 +277,104 @@ impl Generator {
     pub fn new(opts: GenOptions) -> Self {
         Self {
             rng: StdRng::seed_from_u64(opts.seed),
-            employees: Vec::with_capacity(opts.employees),
+            employees: Vec::new(),
             opts,
         }
     }
 
     /// Every event, in production order: teams, employees, permissions, then
-    /// churn.
+    /// churn. Lazy: an event is generated when it is taken, so a data set
+    /// of millions never sits in memory (only the current states, and only
+    /// when there is churn to apply to them).
     pub fn events(mut self) -> impl Iterator<Item = Event> {
-        let mut out = Vec::with_capacity(self.opts.teams + 2 * self.opts.employees);
-        for i in 0..self.opts.teams {
-            let v = self.team(i);
-            out.push(Event {
-                kind: Kind::Team,
-                key: team_id(i),
-                value: Some(v),
-            });
-        }
-        for i in 0..self.opts.employees {
-            let v = self.employee(i);
-            self.employees.push(Some(v.clone()));
-            out.push(Event {
-                kind: Kind::Employee,
-                key: employee_id(i),
-                value: Some(v),
-            });
-        }
-        for i in 0..self.opts.employees {
-            let v = self.permissions(i);
-            out.push(Event {
-                kind: Kind::Permission,
-                key: employee_id(i),
-                value: Some(v),
-            });
-        }
         let churn = self.opts.updates + self.opts.deletes;
-        let (mut updates, mut deletes) = (self.opts.updates, self.opts.deletes);
-        for _ in 0..churn {
-            if self.opts.employees == 0 {
-                break;
-            }
-            let i = self.rng.random_range(0..self.opts.employees);
-            let delete = deletes > 0
-                && (updates == 0
-                    || self
-                        .rng
-                        .random_bool(deletes as f64 / (updates + deletes) as f64));
-            if delete {
-                deletes -= 1;
-                self.employees[i] = None;
-                out.push(Event {
-                    kind: Kind::Employee,
-                    key: employee_id(i),
-                    value: None,
-                });
-                out.push(Event {
-                    kind: Kind::Permission,
-                    key: employee_id(i),
-                    value: None,
-                });
-            } else {
-                updates -= 1;
-                // Updating a deleted employee re-creates it (a re-hire).
-                let v = match self.employees[i].take() {
-                    Some(mut v) => {
-                        self.touch(&mut v);
-                        v
-                    }
-                    None => self.employee(i),
-                };
-                self.employees[i] = Some(v.clone());
-                out.push(Event {
-                    kind: Kind::Employee,
-                    key: employee_id(i),
-                    value: Some(v),
-                });
-            }
+        if churn > 0 {
+            self.employees.reserve(self.opts.employees);
         }
-        out.into_iter()
+        let mut stage = Stage::Teams(0);
+        let mut pending: Option<Event> = None;
+        let (mut updates, mut deletes) = (self.opts.updates, self.opts.deletes);
+        std::iter::from_fn(move || {
+            if let Some(e) = pending.take() {
+                return Some(e);
+            }
+            loop {
+                match stage {
+                    Stage::Teams(i) if i < self.opts.teams => {
+                        stage = Stage::Teams(i + 1);
+                        let v = self.team(i);
+                        return Some(Event {
+                            kind: Kind::Team,
+                            key: team_id(i),
+                            value: Some(v),
+                        });
+                    }
+                    Stage::Teams(_) => stage = Stage::Employees(0),
+                    Stage::Employees(i) if i < self.opts.employees => {
+                        stage = Stage::Employees(i + 1);
+                        let v = self.employee(i);
+                        if churn > 0 {
+                            self.employees.push(Some(v.clone()));
+                        }
+                        return Some(Event {
+                            kind: Kind::Employee,
+                            key: employee_id(i),
+                            value: Some(v),
+                        });
+                    }
+                    Stage::Employees(_) => stage = Stage::Permissions(0),
+                    Stage::Permissions(i) if i < self.opts.employees => {
+                        stage = Stage::Permissions(i + 1);
+                        let v = self.permissions(i);
+                        return Some(Event {
+                            kind: Kind::Permission,
+                            key: employee_id(i),
+                            value: Some(v),
+                        });
+                    }
+                    Stage::Permissions(_) => stage = Stage::Churn(0),
+                    Stage::Churn(n) if n < churn && self.opts.employees > 0 => {
+                        stage = Stage::Churn(n + 1);
+                        let i = self.rng.random_range(0..self.opts.employees);
+                        let delete = deletes > 0
+                            && (updates == 0
+                                || self
+                                    .rng
+                                    .random_bool(deletes as f64 / (updates + deletes) as f64));
+                        if delete {
+                            deletes -= 1;
+                            self.employees[i] = None;
+                            pending = Some(Event {
+                                kind: Kind::Permission,
+                                key: employee_id(i),
+                                value: None,
+                            });
+                            return Some(Event {
+                                kind: Kind::Employee,
+                                key: employee_id(i),
+                                value: None,
+                            });
+                        }
+                        updates -= 1;
+                        // Updating a deleted employee re-creates it (a re-hire).
+                        let v = match self.employees[i].take() {
+                            Some(mut v) => {
+                                self.touch(&mut v);
+                                v
+                            }
+                            None => self.employee(i),
+                        };
+                        self.employees[i] = Some(v.clone());
+                        return Some(Event {
+                            kind: Kind::Employee,
+                            key: employee_id(i),
+                            value: Some(v),
+                        });
+                    }
+                    Stage::Churn(_) => return None,
+                }
+            }
+        })
     }
 
     fn company(&self, i: usize) -> &'static Company {
