@@ -251,8 +251,15 @@ async fn a_dropped_invalidation_connection_empties_and_bypasses_the_cache() -> R
     )
     .await?;
     f.write(500).await?;
-    assert_eq!(f.read_v().await?, 500);
-    assert_eq!(f.read_v().await?, 500);
+    // Reads until one hits, each exact: the invalidation of this write may
+    // arrive after the first read filled the entry and empty it again, as
+    // at the first start above.
+    for _ in 0..50 {
+        assert_eq!(f.read_v().await?, 500);
+        if f.cache.stats().hits > after.hits {
+            break;
+        }
+    }
     assert!(
         f.cache.stats().hits > after.hits,
         "serving from the cache again"
