@@ -27,11 +27,16 @@ async fn main() -> Result<()> {
     let before = used_memory(&mut con).await?;
     let redis_pid = redis.pid().context("redis pid")?;
     let cpu_before = foldcache::cpu_secs(redis_pid);
+    redis::cmd("CONFIG")
+        .arg("RESETSTAT")
+        .query_async::<()>(&mut con)
+        .await?;
     let Folded {
         employees: folded,
         json_bytes,
     } = fold_employees(&mut con, &keys, EPOCH, &Config::default(), employees).await?;
     let redis_cpu = foldcache::cpu_secs(redis_pid) - cpu_before;
+    let commands = command_stats(&mut con).await?;
     let used = used_memory(&mut con).await? - before;
     let n = folded as f64;
 
@@ -93,7 +98,45 @@ async fn main() -> Result<()> {
     }
     let total: u64 = kinds.values().map(|v| v.1).sum();
     println!("| all ({sampled} keys) | | | {:.0} |", total as f64 / n);
+    println!(
+        "\n## Where Redis spends the fold (INFO commandstats; the script's own \
+         commands are counted inside it as well)\n"
+    );
+    println!("| command | calls per employee | us per employee |");
+    println!("|---|---:|---:|");
+    for (name, calls, usec) in commands {
+        println!(
+            "| `{name}` | {:.2} | {:.2} |",
+            calls as f64 / n,
+            usec as f64 / n
+        );
+    }
     Ok(())
+}
+
+/// `INFO commandstats` as (command, calls, microseconds), the most
+/// expensive first: the profile of what the fold asks Redis to do.
+async fn command_stats(
+    con: &mut redis::aio::MultiplexedConnection,
+) -> Result<Vec<(String, u64, u64)>> {
+    let info: String = redis::cmd("INFO")
+        .arg("commandstats")
+        .query_async(con)
+        .await?;
+    let mut stats: Vec<(String, u64, u64)> = info
+        .lines()
+        .filter_map(|l| {
+            let (name, rest) = l.strip_prefix("cmdstat_")?.split_once(':')?;
+            let field = |k: &str| {
+                rest.split(',')
+                    .find_map(|kv| kv.strip_prefix(k)?.strip_prefix('='))
+                    .and_then(|v| v.parse::<u64>().ok())
+            };
+            Some((name.to_owned(), field("calls")?, field("usec")?))
+        })
+        .collect();
+    stats.sort_by_key(|s| std::cmp::Reverse(s.2));
+    Ok(stats)
 }
 
 /// `fc:g1:employees:E00001` → `{entity hash}`, `fc:g1:{employees}:_ix:email:…`

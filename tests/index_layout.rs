@@ -17,8 +17,7 @@ use foldcache::RedisServer;
 use foldcache_common::config::Config;
 use foldcache_common::id::EntityName;
 use foldcache_common::keys::KeySpace;
-use foldcache_ingest::decode::decode;
-use foldcache_ingest::fold::{Folder, PartitionBatch};
+use foldcache_ingest::fold::Folder;
 use foldcache_ingest::generate::{GenOptions, Generator, Kind};
 use foldcache_ingest::source::Sources;
 use foldcache_query_api::store::Store;
@@ -42,10 +41,7 @@ struct Cache {
 
 impl Cache {
     async fn new() -> Result<Self> {
-        let redis = RedisServer::start().await?;
-        let mut con = redis.connection().await?;
-        let keys = KeySpace::new("fc");
-        foldcache::seed_ready_cache(&mut con, &keys, EPOCH).await?;
+        let (redis, con, keys) = common::fold::ready_cache(EPOCH).await?;
         let config = Config::default();
         let store = Store::connect(redis::Client::open(redis.url())?, keys.clone()).await?;
         let app = router(AppState::new(store, &config), config.http.compression);
@@ -64,19 +60,7 @@ impl Cache {
     /// employees topic as one batch.
     async fn fold(&mut self, records: &[(&str, Option<Value>)]) -> Result<()> {
         let source = self.sources.get(TOPIC).expect("employees source").clone();
-        let mut batch = PartitionBatch::new(TOPIC, 0);
-        for (id, v) in records {
-            let value = v.as_ref().map(Value::to_string);
-            let d = decode(
-                &source,
-                Some(id.as_bytes()),
-                value.as_deref().map(str::as_bytes),
-                1 << 20,
-            )
-            .map_err(|e| anyhow::anyhow!("{e}"))?;
-            batch.push(&self.keys, 1, &source, self.offset, 1_000, d);
-            self.offset += 1;
-        }
+        let batch = common::fold::batch(&self.keys, &source, &mut self.offset, records)?;
         self.folder.fold(&mut self.con, EPOCH, 1, &[batch]).await?;
         Ok(())
     }

@@ -183,6 +183,16 @@ impl KeySpace {
         k
     }
 
+    /// The prefix of the staging hashes of one fold call (`token` names the
+    /// call): ingest writes each whole state there with a plain `HSET`, and
+    /// the fold script `RENAME`s it onto the entity's key, so the state's
+    /// fields never pass through Lua. Outside `{prefix}:g`, so query-api's
+    /// invalidation tracking never hears of them; they expire by themselves
+    /// if their script never runs.
+    pub fn stage_prefix(&self, entity: &EntityName, token: &str) -> String {
+        format!("{}:stage:{{{entity}}}:{token}:", self.prefix)
+    }
+
     /// A glob that matches every key of one generation (for SCAN-based
     /// clean-up of a retired generation).
     pub fn generation_pattern(&self, generation: u64) -> String {

@@ -365,7 +365,7 @@ impl PartitionTask {
                     generation = self.pipeline.generation, "Redis went back in time");
                 return Err(PartitionExit::RedisWentBack);
             }
-            Err(WriteError::Fold(e @ FoldError::Redis(_))) => {
+            Err(WriteError::Fold(e @ (FoldError::Redis(_) | FoldError::StageLost))) => {
                 self.failed("redis", &e).await;
                 return Ok(Some(batch));
             }

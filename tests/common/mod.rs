@@ -12,6 +12,9 @@ use tower::ServiceExt;
 // Only tests/http_rules.rs sends every request through both.
 #[allow(dead_code)]
 pub mod both;
+// Only the tests that fold without a broker use it.
+#[allow(dead_code)]
+pub mod fold;
 
 /// A response, body collected.
 pub struct Res {

@@ -1,6 +1,7 @@
-//! The fold scripts' Lua, in the three pieces both scripts share: the
-//! guards and helpers ([`PRELUDE`]), one body per kind of batch
-//! ([`REPLACE`], [`MERGE`]), and retention plus the offset ([`EPILOGUE`]).
+//! The fold scripts' Lua: what a refused batch leaves behind
+//! ([`REPLACE_REFUSED`], [`MERGE_REFUSED`]), the guards and helpers both
+//! scripts share ([`PRELUDE`]), one body per kind of batch ([`REPLACE`],
+//! [`MERGE`]), and retention plus the offset ([`EPILOGUE`]).
 //!
 //! Common arguments:
 //! KEYS[1] state hash, KEYS[2] offsets hash, KEYS[3] the entity type's ids
@@ -15,17 +16,35 @@
 //! ids whose served state changed (merge only)}`; a negative first number
 //! is a guard that refused the batch (nothing written).
 
+/// A refused whole-state batch drops its staging hashes (KEYS[6], KEYS[8],
+/// ...; see [`REPLACE`]) rather than leave them to their expiry.
+pub const REPLACE_REFUSED: &str = r"
+local function refused(r)
+  for i = 6, #KEYS, 1000 do
+    local keys = {}
+    for k = i, math.min(i + 999, #KEYS), 2 do keys[#keys + 1] = KEYS[k] end
+    redis.call('DEL', unpack(keys))
+  end
+  return r
+end
+";
+
+/// A refused merge batch has nothing to drop.
+pub const MERGE_REFUSED: &str = r"
+local function refused(r) return r end
+";
+
 /// Guards (epoch, generation, Redis going back) and the helpers both
 /// bodies use: index moves, the change log and its trimming.
 pub const PRELUDE: &str = r"
 if redis.call('HGET', KEYS[1], ARGV[4]) ~= ARGV[1] then
-  return {-1, 0, 0, 0, {}}
+  return refused({-1, 0, 0, 0, {}})
 end
 -- A generation replaced by a rebuild is frozen at the swap: readers that
 -- have not switched yet never see it move ahead of the new one.
 if redis.call('HGET', KEYS[1], 'live_gen') ~= ARGV[5]
    and redis.call('HGET', KEYS[1], 'build_gen') ~= ARGV[5] then
-  return {-2, 0, 0, 0, {}}
+  return refused({-2, 0, 0, 0, {}})
 end
 local stored = redis.call('HGET', KEYS[2], ARGV[2])
 local fence = 0
@@ -33,7 +52,7 @@ if stored then fence = tonumber(stored) end
 -- Redis acknowledged offsets up to ARGV[6] and now holds less: it went
 -- back in time (restored snapshot, failed over to a lagging replica).
 if tonumber(ARGV[6]) > fence then
-  return {-3, fence, 0, 0, {}}
+  return refused({-3, fence, 0, 0, {}})
 end
 local maxlen = tonumber(ARGV[8])
 local unique, ixfields = {}, {'_fc:ix'}
@@ -62,17 +81,6 @@ local function stored_entries(get)
     end
   end
   return t
-end
--- HMGET of `fields` then `ixfields`: the first values by position, the
--- index fields by name.
-local function read_meta(key, fields)
-  local all = {}
-  for k = 1, #fields do all[k] = fields[k] end
-  for k = 1, #ixfields do all[#all + 1] = ixfields[k] end
-  local got = redis.call('HMGET', key, unpack(all))
-  local byname = {}
-  for k = #fields + 1, #all do byname[all[k]] = got[k] end
-  return got, byname
 end
 local conflicts, logged = 0, 0
 local up, del, skip = 0, 0, 0
@@ -119,43 +127,121 @@ end
 
 /// Whole states: each record replaces its entity hash.
 ///
-/// KEYS[5..] entity hashes; from ARGV[11], per entity key: id, offset,
-/// ttl_ms, etag, mod, index entries ('\n'-separated), nfields (-1 =
-/// delete), name, value, ... (the fields include _fc:etag, _fc:mod and the
-/// index entries' `_fc:ix:{index}` fields).
+/// KEYS[5..] pairs: an entity hash, then its staging hash (ingest wrote
+/// the new state there with a plain HSET, meta and index fields included,
+/// in the same pipeline just before this call); from ARGV[11], per pair:
+/// id, offset, ttl_ms, etag, mod, index entries ('\n'-separated), `u`
+/// (replace) or `d` (delete).
+///
+/// A replace RENAMEs the staging hash onto the entity's key: the old hash
+/// goes in the same step, and the state's fields never cross into Lua (a
+/// third of the script's cost when they did). A staging hash that is
+/// missing (expired before its script ran) refuses the batch with -4 before
+/// anything is written; ingest stages it again.
+///
+/// A batch holds each key once, so each id once: its index moves and its
+/// place in the ids are queued and sent at the end, one command per key
+/// touched rather than one per record (the final membership is the same in
+/// any order, since no two queued moves are of the same id and key).
 pub const REPLACE: &str = r"
+local metaq = {'_fc:mod', '_fc:etag'}
+for k = 1, #ixfields do metaq[k + 2] = ixfields[k] end
+-- Every staging hash this batch will rename must be there.
+local staged, want = {}, 0
 local c = 11
-for i = 5, #KEYS do
+for i = 6, #KEYS, 2 do
+  if ARGV[c + 6] == 'u' and tonumber(ARGV[c + 1]) >= fence then
+    staged[#staged + 1] = KEYS[i]
+  end
+  c = c + 7
+end
+for i = 1, #staged, 1000 do
+  want = want + redis.call('EXISTS', unpack(staged, i, math.min(i + 999, #staged)))
+end
+if want < #staged then return refused({-4, 0, 0, 0, {}}) end
+-- The entries the stored hash holds, from its HMGET reply (nil: none).
+local function held(got)
+  local byname, any = {}, false
+  for k = 1, #ixfields do
+    if got[k + 2] then byname[ixfields[k]] = got[k + 2]; any = true end
+  end
+  if any then return stored_entries(byname) end
+  return nil
+end
+local rem, add, addorder, newids = {}, {}, {}, {}
+local function queue_reindex(id, old, new)
+  if old then
+    for e in pairs(old) do
+      if not new[e] then
+        rem[e] = rem[e] or {}
+        table.insert(rem[e], id)
+      end
+    end
+  end
+  for e in pairs(new) do
+    if not (old and old[e]) then
+      if not add[e] then add[e] = {}; addorder[#addorder + 1] = e end
+      table.insert(add[e], 0)
+      table.insert(add[e], id)
+    end
+  end
+end
+-- ZADD/ZREM of long member lists, in chunks (Lua's stack, as hset_all).
+local function zcall(cmd, key, list)
+  local n, from = 0, 1
+  while from <= #list do
+    local to = math.min(from + 1999, #list)
+    n = n + redis.call(cmd, key, unpack(list, from, to))
+    from = to + 1
+  end
+  return n
+end
+c = 11
+for i = 5, #KEYS, 2 do
   local id = ARGV[c]
   local off = tonumber(ARGV[c + 1])
-  local n = tonumber(ARGV[c + 6])
   if off < fence then
+    if ARGV[c + 6] == 'u' then redis.call('DEL', KEYS[i + 1]) end
     skip = skip + 1
-  elseif n < 0 then
-    local _, ixs = read_meta(KEYS[i], {})
+  elseif ARGV[c + 6] == 'd' then
+    local got = redis.call('HMGET', KEYS[i], unpack(metaq))
     redis.call('DEL', KEYS[i])
-    reindex(id, stored_entries(ixs), {})
+    queue_reindex(id, held(got), {})
     redis.call('ZREM', KEYS[3], id)
     log_change('d', id, '')
     del = del + 1
   else
     local etag, mod, ix = ARGV[c + 3], ARGV[c + 4], ARGV[c + 5]
-    local prev, ixs = read_meta(KEYS[i], {'_fc:mod', '_fc:etag'})
-    redis.call('DEL', KEYS[i])
-    hset_all(KEYS[i], ARGV, c + 7, c + 6 + 2 * n)
+    local prev = redis.call('HMGET', KEYS[i], unpack(metaq))
+    redis.call('RENAME', KEYS[i + 1], KEYS[i])
     -- Last-Modified never moves backwards for a key that exists.
     if prev[1] and tonumber(prev[1]) and tonumber(mod) and tonumber(prev[1]) > tonumber(mod) then
       redis.call('HSET', KEYS[i], '_fc:mod', prev[1])
     end
     redis.call('PEXPIRE', KEYS[i], ARGV[c + 2])
-    reindex(id, stored_entries(ixs), entries(ix))
-    redis.call('ZADD', KEYS[3], 0, id)
+    queue_reindex(id, held(prev), entries(ix))
+    newids[#newids + 1] = 0
+    newids[#newids + 1] = id
     -- The same state again (an upstream duplicate) is no change.
     if prev[2] ~= etag then log_change('u', id, etag) end
     up = up + 1
   end
-  if n > 0 then c = c + 7 + 2 * n else c = c + 7 end
+  c = c + 7
 end
+for e, ids in pairs(rem) do zcall('ZREM', ARGV[7] .. e, ids) end
+for _, e in ipairs(addorder) do
+  local k = ARGV[7] .. e
+  local added = zcall('ZADD', k, add[e])
+  if added > 0 and unique[string.match(e, '^[^:]+')] then
+    -- Every id that entered finds another one there, but the first into
+    -- a set that was empty.
+    local card = redis.call('ZCARD', k)
+    if card > 1 then
+      if card == added then conflicts = conflicts + added - 1 else conflicts = conflicts + added end
+    end
+  end
+end
+zcall('ZADD', KEYS[3], newids)
 ";
 
 /// Parts of merged entities, and identity links.

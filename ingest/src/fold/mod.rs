@@ -6,8 +6,10 @@
 //! 2. reads the partition's stored next offset (the *fence*) and skips every
 //!    record below it: re-deliveries, replays after a crash and a zombie
 //!    instance after a rebalance can never regress a key;
-//! 3. replaces each entity hash (`DEL` + `HSET` + `PEXPIRE`, so no reader ever
-//!    sees a mix of old and new fields) or deletes it for a tombstone;
+//! 3. replaces each entity hash (`RENAME` of a staging hash that ingest
+//!    filled with a plain `HSET` just before, in the same pipeline, then
+//!    `PEXPIRE`: no reader ever sees a mix of old and new fields, and the
+//!    fields never cross into Lua) or deletes it for a tombstone;
 //! 4. keeps the entity type's derived keys exact in the same step: the
 //!    sorted set of every id (the collection's order), the secondary
 //!    indexes (an update moves the id from its old entries to its new ones,
@@ -44,7 +46,14 @@ use foldcache_common::state::write_json_string;
 use redis::aio::ConnectionLike;
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use thiserror::Error;
+
+/// How long a staging hash lives if its script never runs (the connection
+/// broke between the two): long past any pipeline, short enough that a
+/// leak goes soon. A script that finds one gone refuses its batch, which is
+/// staged again.
+const STAGE_TTL_MS: u64 = 5 * 60 * 1000;
 
 /// The fold failed.
 #[derive(Debug, Error)]
@@ -60,6 +69,10 @@ pub enum FoldError {
     /// it). Nothing was written.
     #[error("the generation was retired by a rebuild")]
     Retired,
+    /// A staging hash expired before its script ran. Nothing was written;
+    /// the batch can be retried (it is staged again).
+    #[error("a staging hash expired before the fold script ran")]
+    StageLost,
     /// Redis holds an offset below one it acknowledged before: it went back
     /// in time. Nothing was written.
     #[error(
@@ -110,6 +123,10 @@ pub struct Folder {
     replace: redis::Script,
     merge: redis::Script,
     derived: Arc<HashMap<String, Derived>>,
+    /// Names this process's staging hashes apart from any other's.
+    token: Arc<str>,
+    /// Fold calls so far: names each call's staging hashes apart.
+    calls: Arc<AtomicU64>,
 }
 
 impl Folder {
@@ -145,9 +162,21 @@ impl Folder {
             .collect();
         Self {
             keys,
-            replace: redis::Script::new(&[lua::PRELUDE, lua::REPLACE, lua::EPILOGUE].concat()),
-            merge: redis::Script::new(&[lua::PRELUDE, lua::MERGE, lua::EPILOGUE].concat()),
+            replace: redis::Script::new(
+                &[
+                    lua::REPLACE_REFUSED,
+                    lua::PRELUDE,
+                    lua::REPLACE,
+                    lua::EPILOGUE,
+                ]
+                .concat(),
+            ),
+            merge: redis::Script::new(
+                &[lua::MERGE_REFUSED, lua::PRELUDE, lua::MERGE, lua::EPILOGUE].concat(),
+            ),
             derived: Arc::new(derived),
+            token: format!("{:016x}", rand::random::<u64>()).into(),
+            calls: Arc::new(AtomicU64::new(0)),
         }
     }
 
@@ -182,7 +211,8 @@ impl Folder {
         let mut pipe = redis::pipe();
         for (i, b) in batches.iter().enumerate() {
             let known = known.get(i).copied().unwrap_or(-1);
-            pipe.invoke_script(&self.invocation(epoch, generation, b, known));
+            let inv = self.invocation(&mut pipe, epoch, generation, b, known);
+            pipe.invoke_script(&inv);
         }
         type Reply = (i64, i64, i64, i64, Vec<String>);
         let replies: Vec<Reply> = match pipe.query_async(con).await {
@@ -202,6 +232,9 @@ impl Folder {
             }
             if up == -2 {
                 return Err(FoldError::Retired);
+            }
+            if up == -4 {
+                return Err(FoldError::StageLost);
             }
             if up == -3 {
                 let expected = known.iter().copied().max().unwrap_or(-1);
@@ -227,8 +260,11 @@ impl Folder {
         Ok(out)
     }
 
+    /// The script call of one batch; a whole-state batch's staging HSETs go
+    /// into `pipe` first.
     fn invocation<'a>(
         &'a self,
+        pipe: &mut redis::Pipeline,
         epoch: &str,
         generation: u64,
         b: &PartitionBatch,
@@ -273,7 +309,12 @@ impl Folder {
             .arg(derived.changes_max_age_ms)
             .arg(&derived.names);
         match (b.kind, &b.entity) {
-            (Kind::Replace, _) | (_, None) => replace_args(&mut inv, b, derived),
+            (_, None) => {}
+            (Kind::Replace, Some(entity)) => {
+                let call = self.calls.fetch_add(1, Ordering::Relaxed);
+                let stage = format!("{}{call:x}:", self.keys.stage_prefix(entity, &self.token));
+                replace_args(pipe, &mut inv, b, derived, &stage);
+            }
             (Kind::Part | Kind::Link, Some(entity)) => {
                 inv.key(self.keys.links(generation, entity))
                     .arg(self.keys.entity_prefix(generation, entity))
@@ -305,10 +346,22 @@ fn precedence(config: &Config, entity: &str) -> String {
         .join(" ")
 }
 
-/// Whole states: one entity hash per key (see [`lua::REPLACE`]).
-fn replace_args(inv: &mut redis::ScriptInvocation<'_>, b: &PartitionBatch, derived: &Derived) {
-    for (key, w) in &b.writes {
-        inv.key(key).arg(&w.id).arg(w.offset).arg(w.ttl_ms);
+/// Whole states: one entity hash per key, each new state staged in
+/// `pipe` under `stage` + its place in the batch (see [`lua::REPLACE`]).
+fn replace_args(
+    pipe: &mut redis::Pipeline,
+    inv: &mut redis::ScriptInvocation<'_>,
+    b: &PartitionBatch,
+    derived: &Derived,
+    stage: &str,
+) {
+    for (n, (key, w)) in b.writes.iter().enumerate() {
+        let staged = format!("{stage}{n}");
+        inv.key(key)
+            .key(&staged)
+            .arg(&w.id)
+            .arg(w.offset)
+            .arg(w.ttl_ms);
         match &w.op {
             Op::Replace(fields) => {
                 let meta = |name: &str| {
@@ -322,14 +375,17 @@ fn replace_args(inv: &mut redis::ScriptInvocation<'_>, b: &PartitionBatch, deriv
                 let index_fields = meta_fields(&entries);
                 inv.arg(meta(META_ETAG))
                     .arg(meta(META_MODIFIED_MS))
-                    .arg(&entries);
-                inv.arg(fields.len() + index_fields.len());
+                    .arg(&entries)
+                    .arg("u");
+                let hset = pipe.cmd("HSET").arg(&staged);
                 for (name, value) in fields.iter().chain(&index_fields) {
-                    inv.arg(name).arg(value);
+                    hset.arg(name).arg(value);
                 }
+                hset.ignore();
+                pipe.cmd("PEXPIRE").arg(&staged).arg(STAGE_TTL_MS).ignore();
             }
             Op::Remove | Op::Part(_) | Op::Link(_) => {
-                inv.arg("").arg("").arg("").arg(-1);
+                inv.arg("").arg("").arg("").arg("d");
             }
         }
     }
