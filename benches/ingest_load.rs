@@ -435,5 +435,11 @@ fn bench_toml(config: &Config, redis_url: &str) -> String {
             s.push_str(&format!("transform = '''\n{t}\n'''\n"));
         }
     }
+    // Settings under test (e.g. `[kafka.client]` properties), appended.
+    if let Ok(extra) = std::env::var("FOLDCACHE_BENCH_TOML") {
+        s.push('\n');
+        s.push_str(&extra);
+        s.push('\n');
+    }
     s
 }
