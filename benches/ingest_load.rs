@@ -112,7 +112,7 @@ async fn main() -> Result<()> {
     if plain_only {
         let ready = plain.ready_secs.unwrap_or(plain.secs);
         println!(
-            "| {produced} | {ready:.1} s | {drain_secs:.1} s | {:.2}x | {:.0} | {:.2} | {:.1} MiB | {:.0} B = {:.2}x | {} |",
+            "| {produced} | {ready:.1} s | {drain_secs:.1} s | {:.2}x | {:.0} | {:.2} | {:.1} MiB | {:.0} B = {:.2}x | {}; {:.0} records per fold call |",
             ready / drain_secs,
             produced as f64 / plain.secs,
             (produced as f64 / plain.secs) / (produced as f64 / drain_secs).min(hset_rate),
@@ -120,6 +120,7 @@ async fn main() -> Result<()> {
             used as f64 / produced.max(1) as f64,
             used as f64 / drained_bytes.max(1) as f64,
             plain.cpu.line(plain.secs),
+            produced as f64 / plain.fold_calls.max(1) as f64,
         );
         let _ = std::fs::remove_dir_all(&dir);
         return Ok(());
@@ -138,6 +139,7 @@ async fn main() -> Result<()> {
         ready_secs,
         peak_rss_kb,
         cpu,
+        fold_calls,
     } = plain;
 
     let ingest_rate = produced as f64 / ingest_secs;
@@ -189,7 +191,11 @@ async fn main() -> Result<()> {
     }
     println!("ingest peak RSS: {:.1} MiB", peak_rss_kb as f64 / 1024.0);
     println!("plain drain: broker CPU {drain_broker_cpu:.1} s over {drain_secs:.1} s");
-    println!("ingest run: {}", cpu.line(ingest_secs));
+    println!(
+        "ingest run: {}; {:.0} records per fold call",
+        cpu.line(ingest_secs),
+        produced as f64 / fold_calls.max(1) as f64
+    );
     println!(
         "Redis: {keys} keys (entities, ids, indexes, change log), used_memory {:.1} MiB, {:.0} bytes per employee",
         used as f64 / 1048576.0,
@@ -223,6 +229,9 @@ struct FoldRun {
     /// CPU seconds (user + system) of ingest, Redis and the broker during
     /// the run: what the two cores were spent on.
     cpu: Cpu,
+    /// Fold script calls (one per partition batch): records per call is
+    /// the batch size the backlog actually got.
+    fold_calls: u64,
 }
 
 /// CPU seconds per process over a run.
@@ -258,6 +267,10 @@ async fn fold_run(
     std::fs::write(&path, bench_toml(config, &redis.url()))?;
     let mut con = redis.connection().await?;
     let () = redis::cmd("FLUSHALL").query_async(&mut con).await?;
+    let () = redis::cmd("CONFIG")
+        .arg("RESETSTAT")
+        .query_async(&mut con)
+        .await?;
     let (redis0, broker0) = (cpu_secs(redis_pid), cpu_secs(broker_pid));
     let t = Instant::now();
     let mut ingest = foldcache::Process::spawn(
@@ -300,11 +313,21 @@ async fn fold_run(
         broker: cpu_secs(broker_pid) - broker0,
     };
     ingest.terminate(Duration::from_secs(10));
+    let stats: String = redis::cmd("INFO")
+        .arg("commandstats")
+        .query_async(&mut con)
+        .await?;
+    let fold_calls = stats
+        .lines()
+        .find_map(|l| l.strip_prefix("cmdstat_evalsha:calls="))
+        .and_then(|v| v.split(',').next()?.parse().ok())
+        .unwrap_or(0);
     Ok(FoldRun {
         secs,
         ready_secs,
         peak_rss_kb,
         cpu,
+        fold_calls,
     })
 }
 

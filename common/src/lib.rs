@@ -21,6 +21,7 @@ pub mod config;
 pub mod id;
 pub mod index;
 pub mod keys;
+pub mod metrics_recorder;
 pub mod redis_client;
 pub mod runtime;
 pub mod schema;

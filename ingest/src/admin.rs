@@ -19,7 +19,7 @@ use axum::routing::get;
 use foldcache_common::config::Config;
 use foldcache_common::runtime::now_ms;
 use foldcache_common::secret::{bearer_token, parse_token_hash, token_hash};
-use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+use metrics_exporter_prometheus::PrometheusHandle;
 use serde_json::json;
 use std::collections::{BTreeMap, HashMap};
 use tokio::net::TcpListener;
@@ -30,9 +30,7 @@ pub fn install_metrics() -> anyhow::Result<PrometheusHandle> {
     const LATENCY: &[f64] = &[
         0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
     ];
-    Ok(PrometheusBuilder::new()
-        .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), LATENCY)?
-        .install_recorder()?)
+    Ok(foldcache_common::metrics_recorder::install(LATENCY)?)
 }
 
 /// What the admin endpoints need.

@@ -3,7 +3,6 @@
 use anyhow::Context as _;
 use clap::Parser;
 use foldcache_common::config::Config;
-use metrics_exporter_prometheus::{Matcher, PrometheusBuilder};
 use std::path::PathBuf;
 
 // The read path allocates small, short-lived buffers per request; mimalloc
@@ -38,14 +37,9 @@ async fn run_main() -> anyhow::Result<()> {
     foldcache_common::telemetry::init(&config.log);
     foldcache_common::redis_client::install_tls_provider();
 
-    let metrics = PrometheusBuilder::new()
-        .set_buckets_for_metric(
-            Matcher::Suffix("_seconds".into()),
-            &[
-                0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.1, 0.5,
-            ],
-        )?
-        .install_recorder()?;
+    let metrics = foldcache_common::metrics_recorder::install(&[
+        0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.1, 0.5,
+    ])?;
     let metrics_listener = tokio::net::TcpListener::bind(config.http.metrics_listen)
         .await
         .with_context(|| format!("binding http.metrics_listen {}", config.http.metrics_listen))?;
