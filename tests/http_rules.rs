@@ -13,7 +13,6 @@ use foldcache::RedisServer;
 use foldcache_common::config::{Config, ValueFormat, Visibility};
 use foldcache_common::id::EntityName;
 use foldcache_common::keys::{InstanceBeat, KeySpace};
-use foldcache_ingest::decode::decode;
 use foldcache_ingest::fold::{Folder, PartitionBatch};
 use foldcache_ingest::source::Source;
 use foldcache_query_api::AppState;
@@ -59,14 +58,13 @@ async fn fold(
     let mut batch = PartitionBatch::new("hr.employees", 0);
     for (offset, id, v, timestamp_ms) in records {
         let value = v.as_ref().map(Value::to_string);
-        let d = decode(
-            &source,
-            Some(id.as_bytes()),
-            value.as_deref().map(str::as_bytes),
-            1 << 20,
-        )
-        .map_err(|e| anyhow::anyhow!("{e}"))?;
-        batch.push(&keys, 1, &source, *offset, *timestamp_ms, d);
+        let record = common::fold::Record {
+            key: id,
+            value: value.as_deref().map(str::as_bytes),
+            offset: *offset,
+            timestamp_ms: *timestamp_ms,
+        };
+        common::fold::push(&mut batch, &keys, 1, &source, record)?;
     }
     Folder::new(keys).fold(con, EPOCH, 1, &[batch]).await?;
     Ok(())

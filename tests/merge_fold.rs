@@ -19,7 +19,6 @@ use foldcache::RedisServer;
 use foldcache_common::config::Config;
 use foldcache_common::id::EntityName;
 use foldcache_common::keys::KeySpace;
-use foldcache_ingest::decode::decode;
 use foldcache_ingest::fold::{Folder, PartitionBatch};
 use foldcache_ingest::source::Sources;
 use foldcache_query_api::store::Store;
@@ -121,14 +120,13 @@ impl Cache {
         let offset = self.offsets.entry(first.topic).or_insert(0);
         for r in records {
             assert_eq!(r.topic, first.topic);
-            let d = decode(
-                &source,
-                Some(r.key.as_bytes()),
-                r.value.as_deref().map(str::as_bytes),
-                1 << 20,
-            )
-            .map_err(|e| anyhow::anyhow!("{e}"))?;
-            batch.push(&self.keys, 1, &source, *offset, 1_000 + *offset, d);
+            let record = common::fold::Record {
+                key: &r.key,
+                value: r.value.as_deref().map(str::as_bytes),
+                offset: *offset,
+                timestamp_ms: 1_000 + *offset,
+            };
+            common::fold::push(&mut batch, &self.keys, 1, &source, record)?;
             *offset += 1;
         }
         self.folder.fold(con, EPOCH, 1, &[batch]).await?;

@@ -8,6 +8,37 @@ use foldcache_ingest::fold::PartitionBatch;
 use foldcache_ingest::source::Source;
 use serde_json::Value;
 
+/// One record as the broker delivers it.
+pub struct Record<'a> {
+    pub key: &'a str,
+    /// The value's bytes; `None` is a tombstone.
+    pub value: Option<&'a [u8]>,
+    pub offset: i64,
+    pub timestamp_ms: i64,
+}
+
+/// Decodes `record` as ingest does for `source` and adds it to `batch`,
+/// for generation `generation`.
+pub fn push(
+    batch: &mut PartitionBatch,
+    keys: &KeySpace,
+    generation: u64,
+    source: &Source,
+    record: Record<'_>,
+) -> Result<()> {
+    let d = decode(source, Some(record.key.as_bytes()), record.value, 1 << 20)
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    batch.push(
+        keys,
+        generation,
+        source,
+        record.offset,
+        record.timestamp_ms,
+        d,
+    );
+    Ok(())
+}
+
 /// One partition batch of `source`'s topic (partition 0, generation 1):
 /// `records` (key, state or `None` for a tombstone) at offsets from
 /// `*offset` on, which moves past them. Every record has time 1,000 ms.
@@ -20,14 +51,13 @@ pub fn batch(
     let mut batch = PartitionBatch::new(&source.topic, 0);
     for (key, v) in records {
         let value = v.as_ref().map(Value::to_string);
-        let d = decode(
-            source,
-            Some(key.as_bytes()),
-            value.as_deref().map(str::as_bytes),
-            1 << 20,
-        )
-        .map_err(|e| anyhow::anyhow!("{e}"))?;
-        batch.push(keys, 1, source, *offset, 1_000, d);
+        let record = Record {
+            key,
+            value: value.as_deref().map(str::as_bytes),
+            offset: *offset,
+            timestamp_ms: 1_000,
+        };
+        push(&mut batch, keys, 1, source, record)?;
         *offset += 1;
     }
     Ok(batch)

@@ -3,13 +3,14 @@
 //! own fold code, tokens with views, and a small Server-Sent Events reader.
 #![allow(dead_code)]
 
+#[path = "../common/fold.rs"]
+mod fold;
 use anyhow::{Context, Result, bail};
 use foldcache::RedisServer;
 use foldcache_common::config::{Config, TokenConfig, ValueFormat};
 use foldcache_common::id::EntityName;
 use foldcache_common::keys::KeySpace;
 use foldcache_common::secret::{Secret, token_hash_hex};
-use foldcache_ingest::decode::decode;
 use foldcache_ingest::fold::{Folder, PartitionBatch};
 use foldcache_ingest::source::Source;
 use serde_json::Value;
@@ -142,21 +143,13 @@ impl Api {
         let offset = self.offsets.entry(entity.to_owned()).or_insert(0);
         for (id, v) in records {
             let value = v.as_ref().map(Value::to_string);
-            let d = decode(
-                &source,
-                Some(id.as_bytes()),
-                value.as_deref().map(str::as_bytes),
-                1 << 20,
-            )
-            .map_err(|e| anyhow::anyhow!("{e}"))?;
-            batch.push(
-                &self.keys,
-                self.generation,
-                &source,
-                *offset,
-                1_735_689_600_000,
-                d,
-            );
+            let record = fold::Record {
+                key: id,
+                value: value.as_deref().map(str::as_bytes),
+                offset: *offset,
+                timestamp_ms: 1_735_689_600_000,
+            };
+            fold::push(&mut batch, &self.keys, self.generation, &source, record)?;
             *offset += 1;
         }
         Folder::from_config(self.keys.clone(), &self.config)
