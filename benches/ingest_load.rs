@@ -14,7 +14,11 @@
 //!
 //! Run: `scripts/dev bench-ingest [EVENTS]` (builds release binaries first).
 
+#[path = "support/commandstats.rs"]
+mod commandstats;
+
 use anyhow::{Context, Result};
+use commandstats::command_stats;
 use foldcache::{Broker, RedisServer, cpu_secs, foldcache_binary, unique};
 use foldcache_common::config::{Config, SourceConfig, ValueFormat};
 use foldcache_ingest::generate::{EMPLOYEE_MAPPING, GenOptions, Generator, Kind};
@@ -313,14 +317,10 @@ async fn fold_run(
         broker: cpu_secs(broker_pid) - broker0,
     };
     ingest.terminate(Duration::from_secs(10));
-    let stats: String = redis::cmd("INFO")
-        .arg("commandstats")
-        .query_async(&mut con)
-        .await?;
-    let fold_calls = stats
-        .lines()
-        .find_map(|l| l.strip_prefix("cmdstat_evalsha:calls="))
-        .and_then(|v| v.split(',').next()?.parse().ok())
+    let fold_calls = command_stats(&mut con)
+        .await?
+        .into_iter()
+        .find_map(|(name, calls, _)| (name == "evalsha").then_some(calls))
         .unwrap_or(0);
     Ok(FoldRun {
         secs,

@@ -10,10 +10,13 @@
 //!
 //! Run: `scripts/dev bench-memory [EMPLOYEES]`.
 
+#[path = "support/commandstats.rs"]
+mod commandstats;
 #[path = "support/employees.rs"]
 mod employees;
 
 use anyhow::{Context, Result};
+use commandstats::command_stats;
 use employees::{Folded, batch_size, count_arg, fold_employees, ready_redis};
 use foldcache_common::config::Config;
 use std::collections::BTreeMap;
@@ -112,31 +115,6 @@ async fn main() -> Result<()> {
         );
     }
     Ok(())
-}
-
-/// `INFO commandstats` as (command, calls, microseconds), the most
-/// expensive first: the profile of what the fold asks Redis to do.
-async fn command_stats(
-    con: &mut redis::aio::MultiplexedConnection,
-) -> Result<Vec<(String, u64, u64)>> {
-    let info: String = redis::cmd("INFO")
-        .arg("commandstats")
-        .query_async(con)
-        .await?;
-    let mut stats: Vec<(String, u64, u64)> = info
-        .lines()
-        .filter_map(|l| {
-            let (name, rest) = l.strip_prefix("cmdstat_")?.split_once(':')?;
-            let field = |k: &str| {
-                rest.split(',')
-                    .find_map(|kv| kv.strip_prefix(k)?.strip_prefix('='))
-                    .and_then(|v| v.parse::<u64>().ok())
-            };
-            Some((name.to_owned(), field("calls")?, field("usec")?))
-        })
-        .collect();
-    stats.sort_by_key(|s| std::cmp::Reverse(s.2));
-    Ok(stats)
 }
 
 /// `fc:g1:employees:E00001` → `{entity hash}`, `fc:g1:{employees}:_ix:email:…`

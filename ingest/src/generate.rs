@@ -68,6 +68,12 @@ pub struct Event {
     pub value: Option<Value>,
 }
 
+impl Event {
+    fn new(kind: Kind, key: String, value: Option<Value>) -> Self {
+        Self { kind, key, value }
+    }
+}
+
 struct Company {
     name: &'static str,
     domain: &'static str,
@@ -303,11 +309,7 @@ impl Generator {
                     Stage::Teams(i) if i < self.opts.teams => {
                         stage = Stage::Teams(i + 1);
                         let v = self.team(i);
-                        return Some(Event {
-                            kind: Kind::Team,
-                            key: team_id(i),
-                            value: Some(v),
-                        });
+                        return Some(Event::new(Kind::Team, team_id(i), Some(v)));
                     }
                     Stage::Teams(_) => stage = Stage::Employees(0),
                     Stage::Employees(i) if i < self.opts.employees => {
@@ -316,21 +318,13 @@ impl Generator {
                         if churn > 0 {
                             self.employees.push(Some(v.clone()));
                         }
-                        return Some(Event {
-                            kind: Kind::Employee,
-                            key: employee_id(i),
-                            value: Some(v),
-                        });
+                        return Some(Event::new(Kind::Employee, employee_id(i), Some(v)));
                     }
                     Stage::Employees(_) => stage = Stage::Permissions(0),
                     Stage::Permissions(i) if i < self.opts.employees => {
                         stage = Stage::Permissions(i + 1);
                         let v = self.permissions(i);
-                        return Some(Event {
-                            kind: Kind::Permission,
-                            key: employee_id(i),
-                            value: Some(v),
-                        });
+                        return Some(Event::new(Kind::Permission, employee_id(i), Some(v)));
                     }
                     Stage::Permissions(_) => stage = Stage::Churn(0),
                     Stage::Churn(n) if n < churn && self.opts.employees > 0 => {
@@ -344,16 +338,8 @@ impl Generator {
                         if delete {
                             deletes -= 1;
                             self.employees[i] = None;
-                            pending = Some(Event {
-                                kind: Kind::Permission,
-                                key: employee_id(i),
-                                value: None,
-                            });
-                            return Some(Event {
-                                kind: Kind::Employee,
-                                key: employee_id(i),
-                                value: None,
-                            });
+                            pending = Some(Event::new(Kind::Permission, employee_id(i), None));
+                            return Some(Event::new(Kind::Employee, employee_id(i), None));
                         }
                         updates -= 1;
                         // Updating a deleted employee re-creates it (a re-hire).
@@ -365,11 +351,7 @@ impl Generator {
                             None => self.employee(i),
                         };
                         self.employees[i] = Some(v.clone());
-                        return Some(Event {
-                            kind: Kind::Employee,
-                            key: employee_id(i),
-                            value: Some(v),
-                        });
+                        return Some(Event::new(Kind::Employee, employee_id(i), Some(v)));
                     }
                     Stage::Churn(_) => return None,
                 }

@@ -35,7 +35,7 @@ local function refused(r) return r end
 ";
 
 /// Guards (epoch, generation, Redis going back) and the helpers both
-/// bodies use: index moves, the change log and its trimming.
+/// bodies use: stored index entries, the change log and its trimming.
 pub const PRELUDE: &str = r"
 if redis.call('HGET', KEYS[1], ARGV[4]) ~= ARGV[1] then
   return refused({-1, 0, 0, 0, {}})
@@ -85,21 +85,6 @@ end
 local conflicts, logged = 0, 0
 local up, del, skip = 0, 0, 0
 local touched = {}
--- Moves an id from its old index entries to its new ones.
-local function reindex(id, old, new)
-  for e in pairs(old) do
-    if not new[e] then redis.call('ZREM', ARGV[7] .. e, id) end
-  end
-  for e in pairs(new) do
-    if not old[e] then
-      local k = ARGV[7] .. e
-      redis.call('ZADD', k, 0, id)
-      if unique[string.match(e, '^[^:]+')] and redis.call('ZCARD', k) > 1 then
-        conflicts = conflicts + 1
-      end
-    end
-  end
-end
 -- The change log entry, in the same atomic step as the data.
 local last_id
 local function log_change(op, id, etag)
@@ -113,15 +98,6 @@ local function trim_through(cut)
   local ms, seq = string.match(cut, '^(%d+)-(%d+)$')
   redis.call('XTRIM', KEYS[4], 'MINID', ms .. '-' .. (tonumber(seq) + 1))
   redis.call('XSETID', KEYS[4], last_id, 'MAXDELETEDID', cut)
-end
--- HSET of a long field list, in chunks: unpack() of thousands of values
--- overflows Lua's stack.
-local function hset_all(key, list, from, last)
-  while from <= last do
-    local to = math.min(from + 999, last)
-    redis.call('HSET', key, unpack(list, from, to))
-    from = to + 1
-  end
 end
 ";
 
@@ -186,7 +162,8 @@ local function queue_reindex(id, old, new)
     end
   end
 end
--- ZADD/ZREM of long member lists, in chunks (Lua's stack, as hset_all).
+-- ZADD/ZREM of long member lists, in chunks: unpack() of thousands of
+-- values overflows Lua's stack.
 local function zcall(cmd, key, list)
   local n, from = 0, 1
   while from <= #list do
@@ -279,6 +256,32 @@ end
 local function part_before(a, b)
   if a[1] ~= b[1] then return a[1] < b[1] end
   return bytes_lt(a[2], b[2])
+end
+-- Index moves happen at once here, not queued as in REPLACE: a batch of
+-- parts and links may remerge the same canonical id twice.
+-- Moves an id from its old index entries to its new ones.
+local function reindex(id, old, new)
+  for e in pairs(old) do
+    if not new[e] then redis.call('ZREM', ARGV[7] .. e, id) end
+  end
+  for e in pairs(new) do
+    if not old[e] then
+      local k = ARGV[7] .. e
+      redis.call('ZADD', k, 0, id)
+      if unique[string.match(e, '^[^:]+')] and redis.call('ZCARD', k) > 1 then
+        conflicts = conflicts + 1
+      end
+    end
+  end
+end
+-- HSET of a long field list, in chunks: unpack() of thousands of values
+-- overflows Lua's stack.
+local function hset_all(key, list, from, last)
+  while from <= last do
+    local to = math.min(from + 999, last)
+    redis.call('HSET', key, unpack(list, from, to))
+    from = to + 1
+  end
 end
 -- Serves the union of canonical id `id`'s parts, or removes the entity
 -- when no source holds it any more; keeps its indexes, its place in the
