@@ -110,33 +110,65 @@ async fn main() -> Result<()> {
     std::fs::create_dir_all(&dir)?;
     let mut con = redis.connection().await?;
     let broker_pid = broker.pid().context("broker pid")?;
-    let plain = fold_run(&dir, &config, &redis, broker_pid, &topic, produced).await?;
+    let plain = fold_run(&dir, &config, &redis, broker_pid, &topic, produced, "").await?;
     let keys: u64 = redis::cmd("DBSIZE").query_async(&mut con).await?;
     let used = used_memory(&mut con).await?;
     if plain_only {
-        let ready = plain.ready_secs.unwrap_or(plain.secs);
-        println!(
-            "| {produced} | {ready:.1} s | {drain_secs:.1} s | {:.2}x | {:.0} | {:.2} | {:.1} MiB | {:.0} B = {:.2}x | {}; {:.0} records per fold call |",
-            ready / drain_secs,
-            produced as f64 / plain.secs,
-            (produced as f64 / plain.secs) / (produced as f64 / drain_secs).min(hset_rate),
-            plain.peak_rss_kb as f64 / 1024.0,
-            used as f64 / produced.max(1) as f64,
-            used as f64 / drained_bytes.max(1) as f64,
-            plain.cpu.line(plain.secs),
-            produced as f64 / plain.fold_calls.max(1) as f64,
-        );
+        let row = |run: &FoldRun, used: u64| {
+            let ready = run.ready_secs.unwrap_or(run.secs);
+            println!(
+                "| {produced} | {ready:.1} s | {drain_secs:.1} s | {:.2}x | {:.0} | {:.2} | {:.1} MiB | {:.0} B = {:.2}x | {}; {:.0} records per fold call |",
+                ready / drain_secs,
+                produced as f64 / run.secs,
+                (produced as f64 / run.secs) / (produced as f64 / drain_secs).min(hset_rate),
+                run.peak_rss_kb as f64 / 1024.0,
+                used as f64 / produced.max(1) as f64,
+                used as f64 / drained_bytes.max(1) as f64,
+                run.cpu.line(run.secs),
+                produced as f64 / run.fold_calls.max(1) as f64,
+            );
+        };
+        row(&plain, used);
+        // Settings compared on the same topic, one row each, in the order
+        // given: `FOLDCACHE_BENCH_VARIANTS` holds TOML snippets separated
+        // by lines of `---`.
+        for variant in variants() {
+            println!("variant: {}", variant.replace('\n', "; "));
+            let run = fold_run(
+                &dir, &config, &redis, broker_pid, &topic, produced, &variant,
+            )
+            .await?;
+            row(&run, used_memory(&mut con).await?);
+        }
         let _ = std::fs::remove_dir_all(&dir);
         return Ok(());
     }
     let mut mapped_config = config.clone();
     mapped_config.sources[0].transform = Some(EMPLOYEE_MAPPING.into());
-    let mapped = fold_run(&dir, &mapped_config, &redis, broker_pid, &topic, produced).await?;
+    let mapped = fold_run(
+        &dir,
+        &mapped_config,
+        &redis,
+        broker_pid,
+        &topic,
+        produced,
+        "",
+    )
+    .await?;
     let mut merged_config = config.clone();
     if let Some(e) = merged_config.entities.get_mut("employees") {
         e.merge = true;
     }
-    let merged = fold_run(&dir, &merged_config, &redis, broker_pid, &topic, produced).await?;
+    let merged = fold_run(
+        &dir,
+        &merged_config,
+        &redis,
+        broker_pid,
+        &topic,
+        produced,
+        "",
+    )
+    .await?;
     let merged_used = used_memory(&mut con).await?;
     let FoldRun {
         secs: ingest_secs,
@@ -265,10 +297,11 @@ async fn fold_run(
     broker_pid: u32,
     topic: &str,
     produced: u64,
+    variant: &str,
 ) -> Result<FoldRun> {
     let redis_pid = redis.pid().context("redis pid")?;
     let path = dir.join("foldcache.toml");
-    std::fs::write(&path, bench_toml(config, &redis.url()))?;
+    std::fs::write(&path, bench_toml(config, &redis.url(), variant))?;
     let mut con = redis.connection().await?;
     let () = redis::cmd("FLUSHALL").query_async(&mut con).await?;
     let () = redis::cmd("CONFIG")
@@ -281,7 +314,12 @@ async fn fold_run(
         "ingest",
         &foldcache_binary("ingest")?,
         &["--config", &path.to_string_lossy(), "run"],
-        &[("RUST_LOG", "warn")],
+        // Through the environment, so that settings under test may open
+        // their own `[ingest]` table.
+        &[
+            ("RUST_LOG", "warn"),
+            ("FOLDCACHE__INGEST__ADMIN_LISTEN", "127.0.0.1:0"),
+        ],
     )?;
     let pid = ingest.pid().context("ingest pid")?;
     let mut peak_rss_kb = 0;
@@ -437,9 +475,20 @@ fn status_kb(pid: u32, field: &str) -> u64 {
         .unwrap_or(0)
 }
 
-fn bench_toml(config: &Config, redis_url: &str) -> String {
+/// The TOML snippets of `FOLDCACHE_BENCH_VARIANTS` (separated by lines of
+/// `---`), blank ones left out.
+fn variants() -> Vec<String> {
+    let all = std::env::var("FOLDCACHE_BENCH_VARIANTS").unwrap_or_default();
+    all.split("\n---\n")
+        .map(str::trim)
+        .filter(|v| !v.is_empty())
+        .map(str::to_owned)
+        .collect()
+}
+
+fn bench_toml(config: &Config, redis_url: &str, variant: &str) -> String {
     let mut s = format!(
-        "[redis]\nurl = \"{redis_url}\"\n[kafka]\nbrokers = \"{}\"\ngroup_id = \"{}\"\ndead_letter_topic = \"{}\"\n[ingest]\nadmin_listen = \"127.0.0.1:0\"\n",
+        "[redis]\nurl = \"{redis_url}\"\n[kafka]\nbrokers = \"{}\"\ngroup_id = \"{}\"\ndead_letter_topic = \"{}\"\n",
         config.kafka.brokers,
         unique("bench-group"),
         config.kafka.dead_letter_topic
@@ -464,5 +513,8 @@ fn bench_toml(config: &Config, redis_url: &str) -> String {
         s.push_str(&extra);
         s.push('\n');
     }
+    s.push('\n');
+    s.push_str(variant);
+    s.push('\n');
     s
 }

@@ -165,6 +165,9 @@ pub struct IngestConfig {
     pub batch_max_events: usize,
     /// ...or when its first record has waited this long.
     pub batch_linger_ms: u64,
+    /// Bytes of records read but not yet folded, held by every partition
+    /// of the process together (batches being filled and being written).
+    pub unfolded_max_bytes: usize,
     /// Records with a larger value are dead-lettered.
     pub max_value_bytes: usize,
     /// Prometheus metrics and health endpoints (`/metrics`, `/healthz`,
@@ -578,6 +581,7 @@ impl Default for Config {
             ingest: IngestConfig {
                 batch_max_events: 2000,
                 batch_linger_ms: 5,
+                unfolded_max_bytes: 64 << 20,
                 max_value_bytes: 1 << 20,
                 admin_listen: ([127, 0, 0, 1], 9600).into(),
                 heartbeat_interval_ms: 1000,

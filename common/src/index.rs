@@ -216,9 +216,20 @@ pub struct IndexSpec {
 /// (member name, canonical JSON), joined by `\n` in sorted order; empty when
 /// the state is in no index.
 pub fn entries_of(specs: &[IndexSpec], fields: &[(String, String)]) -> String {
+    entries_by(specs, |top| {
+        fields
+            .iter()
+            .find(|(name, _)| name == top)
+            .map(|(_, json)| json.as_str())
+    })
+}
+
+/// [`entries_of`] for members held some other way: `member` finds a
+/// top-level member's canonical JSON by name.
+pub fn entries_by<'a>(specs: &[IndexSpec], member: impl Fn(&str) -> Option<&'a str>) -> String {
     let mut entries = BTreeSet::new();
     for spec in specs {
-        let Some((_, json)) = fields.iter().find(|(name, _)| name == spec.path.top()) else {
+        let Some(json) = member(spec.path.top()) else {
             continue;
         };
         let Ok(member) = serde_json::from_str::<Value>(json) else {

@@ -16,6 +16,7 @@
 //! script that writes the data, so they can never disagree with it. Kafka's
 //! committed offsets only mirror them for monitoring.
 
+use crate::budget::Budget;
 use crate::cache_state::{Role, StateStore};
 use crate::dead_letter::DeadLetters;
 use crate::decode::Limits;
@@ -108,6 +109,8 @@ pub struct Deps {
     pub ready: watch::Sender<bool>,
     /// Where partition statuses are published (`/readyz`).
     pub all_statuses: AllStatuses,
+    /// The memory bound of unfolded records, shared by every generation.
+    pub budget: Budget,
 }
 
 /// A running partition task, as the loop sees it.
@@ -155,6 +158,7 @@ pub async fn run(
             max_members: config.ingest.max_members,
         },
         batch_max_events: config.ingest.batch_max_events,
+        budget: deps.budget.clone(),
         linger: Duration::from_millis(config.ingest.batch_linger_ms),
         retry_max: Duration::from_millis(config.ingest.retry_max_backoff_ms),
     });

@@ -38,6 +38,7 @@
 //!   tooling.
 
 pub mod admin;
+pub mod budget;
 pub mod cache_state;
 pub mod cluster;
 pub mod console;

@@ -18,6 +18,7 @@
 //! folds its last batch first), or when the fold finds that its generation
 //! or Redis changed under it (see [`PartitionExit`]).
 
+use crate::budget::{Account, Budget};
 use crate::dead_letter::{DeadLetter, DeadLetters, SendError};
 use crate::decode::{Decoded, Limits, decode_within};
 use crate::fold::{FoldError, FoldOutcome, Folder, PartitionBatch};
@@ -67,6 +68,8 @@ pub struct Pipeline {
     pub limits: Limits,
     /// Records per batch.
     pub batch_max_events: usize,
+    /// The memory of unfolded records, shared by every partition.
+    pub budget: Budget,
     /// Longest wait of a batch's first record.
     pub linger: Duration,
     /// Longest pause between retries.
@@ -119,6 +122,8 @@ struct Batch {
     dead: VecDeque<DeadLetter>,
     records: usize,
     bytes: usize,
+    /// Its share of the memory bound, given back when it is dropped.
+    account: Account,
     /// When the first record arrived (the linger counts from it).
     started: Option<Instant>,
     /// When its write first started.
@@ -126,12 +131,13 @@ struct Batch {
 }
 
 impl Batch {
-    fn new(tp: &Tp) -> Self {
+    fn new(tp: &Tp, budget: &Budget) -> Self {
         Self {
             partition: PartitionBatch::new(&tp.0, tp.1),
             dead: VecDeque::new(),
             records: 0,
             bytes: 0,
+            account: budget.account(),
             started: None,
             written: None,
         }
@@ -218,13 +224,17 @@ impl PartitionTask {
         self.publish();
         // Present from the start, so dashboards and alerts see 0, not nothing.
         self.stalled_gauge(false);
-        let mut batch = Batch::new(&self.tp);
+        let mut batch = Batch::new(&self.tp, &self.pipeline.budget);
         let mut in_flight: Option<Write> = None;
         let mut observe = tokio::time::interval(OBSERVE_EVERY);
         observe.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let exit = loop {
-            let full =
-                batch.records >= self.pipeline.batch_max_events || batch.bytes >= BATCH_MAX_BYTES;
+            // Over its share of the memory bound: no more records until
+            // credit comes back, or until the batch is written.
+            let starved = batch.account.short() > 0;
+            let full = batch.records >= self.pipeline.batch_max_events
+                || batch.bytes >= BATCH_MAX_BYTES
+                || starved;
             let deadline = batch
                 .started
                 .map(|s| tokio::time::Instant::from_std(s + self.pipeline.linger));
@@ -243,11 +253,12 @@ impl PartitionTask {
                     }
                 }
                 () = sleep_until(deadline), if idle && (deadline.is_some() || full) => {
-                    let ready = std::mem::replace(&mut batch, Batch::new(&self.tp));
+                    let ready = std::mem::replace(&mut batch, Batch::new(&self.tp, &self.pipeline.budget));
                     if ready.records > 0 {
                         in_flight = Some(self.launch(ready));
                     }
                 }
+                () = batch.account.settle(), if starved => {}
                 msg = queue.recv(), if !full => match msg {
                     Ok(m) => self.add(&mut batch, &m),
                     Err(e) => {
@@ -276,7 +287,8 @@ impl PartitionTask {
         }
         batch.started.get_or_insert_with(Instant::now);
         batch.records += 1;
-        batch.bytes += m.payload_len() + m.key().map_or(0, <[u8]>::len);
+        let raw = m.payload_len() + m.key().map_or(0, <[u8]>::len);
+        batch.bytes += raw;
         let limits = self.pipeline.limits;
         match decode_within(&self.source, m.key(), m.payload(), limits) {
             Ok(decoded) => {
@@ -289,7 +301,7 @@ impl PartitionTask {
                 metrics::counter!("foldcache_ingest_records_total",
                     "entity" => self.source.entity.to_string(), "kind" => kind)
                 .increment(1);
-                batch.partition.push(
+                let held = batch.partition.push(
                     &self.pipeline.keys,
                     self.pipeline.generation,
                     &self.source,
@@ -297,8 +309,10 @@ impl PartitionTask {
                     m.timestamp().to_millis().unwrap_or_else(now_ms),
                     decoded,
                 );
+                batch.account.charge(held);
             }
             Err(poison) => {
+                batch.account.charge(raw);
                 batch.partition.advance(offset);
                 batch.dead.push_back(DeadLetter {
                     topic: self.tp.0.clone(),

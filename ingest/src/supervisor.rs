@@ -121,6 +121,7 @@ impl Ingest {
             instance: self.instance.clone(),
             ready: self.ready.clone(),
             all_statuses: self.statuses.clone(),
+            budget: crate::budget::Budget::new(self.config.ingest.unfolded_max_bytes),
         };
         let refresher = tokio::spawn(
             crate::ttl_refresh::TtlRefresher::new(&self.config, &self.instance).run(con.clone()),

@@ -27,6 +27,8 @@ const MIN_TTL_SECS: u64 = 4;
 const MAX_TTL_SECS: u64 = 10 * 365 * 24 * 3600;
 /// Largest record value: Redis's own limit for one string.
 const MAX_VALUE_BYTES: usize = 512 << 20;
+/// The smallest `ingest.unfolded_max_bytes`.
+const MIN_UNFOLDED_BYTES: usize = 1 << 20;
 /// Longest `Retry-After`: a cold cache warms up in minutes, and a client
 /// told to wait longer stops asking long after the cache is back.
 const MAX_RETRY_AFTER_SECS: u64 = 3600;
@@ -259,6 +261,16 @@ fn ingest(c: &Config) -> Result<(), ConfigError> {
             "ingest.batch_max_events",
             0,
             "a batch must hold at least one record, or nothing is ever folded",
+        ));
+    }
+    if i.unfolded_max_bytes < MIN_UNFOLDED_BYTES {
+        return Err(reject(
+            "ingest.unfolded_max_bytes",
+            i.unfolded_max_bytes,
+            format!(
+                "must be at least {MIN_UNFOLDED_BYTES} (1 MiB): a smaller bound folds a \
+                 handful of records per round trip"
+            ),
         ));
     }
     if i.max_value_bytes == 0 || i.max_value_bytes > MAX_VALUE_BYTES {
@@ -1035,6 +1047,11 @@ mod tests {
             |c| c.http.retry_after_secs = 86_400,
             "http.retry_after_secs = 86400",
             "between 1 and 3600",
+        );
+        assert_refused(
+            |c| c.ingest.unfolded_max_bytes = 1000,
+            "ingest.unfolded_max_bytes = 1000",
+            "at least 1048576",
         );
         assert_refused(
             |c| c.ingest.max_value_bytes = 0,

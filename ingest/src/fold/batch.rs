@@ -1,6 +1,7 @@
 //! The records of one partition waiting to be folded: the last record of
 //! each key, as the fold script will write it.
 
+use super::fields::Fields;
 use crate::decode::Decoded;
 use crate::source::{Role, Source};
 use foldcache_common::id::EntityName;
@@ -26,7 +27,7 @@ pub(super) enum Op {
     /// Remove the entity (whole state), or the source's part of it.
     Remove,
     /// A whole state: every field, meta fields included.
-    Replace(Vec<(String, String)>),
+    Replace(Fields),
     /// A source's part: its members (canonical JSON each), sorted by name.
     Part(Vec<(String, String)>),
     /// Fold the id's parts into this canonical id (`None`: unlinked).
@@ -43,6 +44,22 @@ pub(super) struct Write {
     /// The record's time (ms): Last-Modified.
     pub(super) modified_ms: i64,
     pub(super) op: Op,
+}
+
+impl Write {
+    /// Bytes it holds on the heap.
+    fn heap_bytes(&self) -> usize {
+        let op = match &self.op {
+            Op::Remove | Op::Link(None) => 0,
+            Op::Link(Some(target)) => target.capacity(),
+            Op::Replace(fields) => fields.heap_bytes(),
+            Op::Part(members) => members
+                .iter()
+                .map(|(n, v)| size_of::<(String, String)>() + n.capacity() + v.capacity())
+                .sum(),
+        };
+        self.id.capacity() + op
+    }
 }
 
 /// The records of one partition waiting to be folded.
@@ -71,7 +88,9 @@ impl PartitionBatch {
         }
     }
 
-    /// Adds a decoded record at `offset` with record time `timestamp_ms`.
+    /// Adds a decoded record at `offset` with record time `timestamp_ms`;
+    /// returns about how many bytes the batch holds for it (a record that
+    /// replaces one of the same key in the batch still counts in full).
     pub fn push(
         &mut self,
         keys: &KeySpace,
@@ -80,7 +99,7 @@ impl PartitionBatch {
         offset: i64,
         timestamp_ms: i64,
         decoded: Decoded,
-    ) {
+    ) -> usize {
         self.advance(offset);
         if self.entity.is_none() {
             self.entity = Some(source.entity.clone());
@@ -103,24 +122,36 @@ impl PartitionBatch {
             }
             Decoded::Upsert { state, .. } => {
                 let etag = etag_of(&state.body());
-                let mut f: Vec<(String, String)> = Vec::with_capacity(state.fields().len() + 3);
-                f.extend(state.fields().iter().cloned());
-                f.push((META_ETAG.into(), etag));
-                f.push((META_MODIFIED_MS.into(), timestamp_ms.to_string()));
-                f.push((META_SOURCE.into(), self.source_tag(offset)));
+                let modified = timestamp_ms.to_string();
+                let source_tag = self.source_tag(offset);
+                let meta = [
+                    (META_ETAG, etag.as_str()),
+                    (META_MODIFIED_MS, modified.as_str()),
+                    (META_SOURCE, source_tag.as_str()),
+                ];
+                let pairs = state.fields().iter().map(|(n, v)| (n.as_str(), v.as_str()));
+                let bytes = pairs
+                    .clone()
+                    .chain(meta)
+                    .map(|(n, v)| n.len() + v.len())
+                    .sum();
+                let mut f = Fields::with_capacity(state.fields().len() + meta.len(), bytes);
+                for (name, value) in pairs.chain(meta) {
+                    f.push(name, value);
+                }
                 Op::Replace(f)
             }
         };
-        self.writes.insert(
-            key,
-            Write {
-                id,
-                offset,
-                ttl_ms: source.ttl_ms,
-                modified_ms: timestamp_ms,
-                op,
-            },
-        );
+        let write = Write {
+            id,
+            offset,
+            ttl_ms: source.ttl_ms,
+            modified_ms: timestamp_ms,
+            op,
+        };
+        let held = key.capacity() + write.heap_bytes() + size_of::<(u64, String, Write)>();
+        self.writes.insert(key, write);
+        held
     }
 
     /// `{topic}/{partition}/{offset}`: where a state came from (`_fc:src`).

@@ -34,13 +34,14 @@
 //! holds one entry per key and batch.
 
 mod batch;
+mod fields;
 mod lua;
 
 pub use batch::PartitionBatch;
 
 use batch::{Kind, Op};
 use foldcache_common::config::{Config, SourceConfig};
-use foldcache_common::index::{IndexSpec, entries_of, meta_fields};
+use foldcache_common::index::{IndexSpec, entries_by, entries_of, meta_fields};
 use foldcache_common::keys::{KeySpace, META_ETAG, META_MODIFIED_MS, partition_field, state_field};
 use foldcache_common::state::write_json_string;
 use redis::aio::ConnectionLike;
@@ -364,21 +365,15 @@ fn replace_args(
             .arg(w.ttl_ms);
         match &w.op {
             Op::Replace(fields) => {
-                let meta = |name: &str| {
-                    fields
-                        .iter()
-                        .rev()
-                        .find(|(k, _)| k == name)
-                        .map_or("", |(_, v)| v.as_str())
-                };
-                let entries = entries_of(&derived.indexes, fields);
+                let entries = entries_by(&derived.indexes, |name| fields.get(name));
                 let index_fields = meta_fields(&entries);
-                inv.arg(meta(META_ETAG))
-                    .arg(meta(META_MODIFIED_MS))
+                inv.arg(fields.get(META_ETAG).unwrap_or(""))
+                    .arg(fields.get(META_MODIFIED_MS).unwrap_or(""))
                     .arg(&entries)
                     .arg("u");
                 let hset = pipe.cmd("HSET").arg(&staged);
-                for (name, value) in fields.iter().chain(&index_fields) {
+                let index_pairs = index_fields.iter().map(|(n, v)| (n.as_str(), v.as_str()));
+                for (name, value) in fields.iter().chain(index_pairs) {
                     hset.arg(name).arg(value);
                 }
                 hset.ignore();
