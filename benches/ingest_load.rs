@@ -349,12 +349,32 @@ async fn fold_run(
     }
     let secs = t.elapsed().as_secs_f64();
     peak_rss_kb = peak_rss_kb.max(hwm_kb(pid));
+    let folding_rss_kb = peak_rss_kb;
     let cpu = Cpu {
         ingest: cpu_secs(pid),
         redis: cpu_secs(redis_pid) - redis0,
         broker: cpu_secs(broker_pid) - broker0,
     };
-    ingest.terminate(Duration::from_secs(10));
+    // The peak counts the shutdown too (each partition folds its last
+    // batch): VmHWM is read until the process is gone.
+    ingest.signal("TERM")?;
+    let stop = Instant::now();
+    while stop.elapsed() < Duration::from_secs(10) {
+        let hwm = hwm_kb(pid);
+        if hwm == 0 {
+            break;
+        }
+        peak_rss_kb = peak_rss_kb.max(hwm);
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    ingest.wait(Duration::from_secs(10));
+    if peak_rss_kb > folding_rss_kb {
+        eprintln!(
+            "ingest peak RSS {:.1} MiB while folding, {:.1} MiB with its shutdown",
+            folding_rss_kb as f64 / 1024.0,
+            peak_rss_kb as f64 / 1024.0
+        );
+    }
     let fold_calls = command_stats(&mut con)
         .await?
         .into_iter()

@@ -50,6 +50,7 @@ async fn a_backlog_many_times_the_bound_folds_whole_in_batches_it_keeps_small() 
     let bound = BOUND.to_string();
     let ingest = stack.spawn_ingest_with(&[
         ("FOLDCACHE__INGEST__UNFOLDED_MAX_BYTES", bound.as_str()),
+        ("FOLDCACHE__INGEST__BATCH_MAX_EVENTS", "2000"),
         (
             "FOLDCACHE__LOG__FILTER",
             "info,foldcache_ingest::partition=debug",
@@ -71,8 +72,9 @@ async fn a_backlog_many_times_the_bound_folds_whole_in_batches_it_keeps_small() 
     }
 
     // Batches as the debug log reports them: none holds much more than
-    // the bound allows (a state takes ~4 KiB in a batch, so at most ~260
-    // of them fit in 1 MiB, against 2,000 without the bound).
+    // the bound allows (a state takes ~4 KiB in a batch and counts about
+    // three times that, so fewer than 100 of them fit in 1 MiB, against
+    // 2,000 without the bound).
     let text = std::fs::read_to_string(ingest.log_path()).context("ingest log")?;
     let sizes: Vec<usize> = text
         .lines()

@@ -579,9 +579,9 @@ impl Default for Config {
                 dead_letter_max_bytes: 900_000,
             },
             ingest: IngestConfig {
-                batch_max_events: 2000,
+                batch_max_events: 500,
                 batch_linger_ms: 5,
-                unfolded_max_bytes: 64 << 20,
+                unfolded_max_bytes: 32 << 20,
                 max_value_bytes: 1 << 20,
                 admin_listen: ([127, 0, 0, 1], 9600).into(),
                 heartbeat_interval_ms: 1000,

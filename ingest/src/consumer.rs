@@ -269,6 +269,14 @@ pub async fn run(
     // Partitions fold their last batch and store its offset, within the
     // drain time; after a loss or a regression there is nothing to save.
     let keep = matches!(exit, Exit::Shutdown | Exit::Retired | Exit::Restart);
+    // Nothing more is read: librdkafka stops fetching for the partitions
+    // (its queues would otherwise go on filling, up to their bound, while
+    // the last batches are folded).
+    if let Ok(assigned) = consumer.assignment()
+        && let Err(e) = consumer.pause(&assigned)
+    {
+        tracing::debug!(error = %e, "pausing the partitions before the drain failed");
+    }
     for r in running.values() {
         if keep {
             r.stop.cancel();

@@ -42,6 +42,10 @@ use tokio_util::sync::CancellationToken;
 /// record count: memory stays bounded at any backlog.
 const BATCH_MAX_BYTES: usize = 8 << 20;
 
+/// What a record costs against the memory bound, as a multiple of what its
+/// batch holds for it: the write encodes it twice more.
+const WRITE_FACTOR: usize = 3;
+
 /// How often an idle partition looks at its fetch statistics.
 const OBSERVE_EVERY: Duration = Duration::from_millis(200);
 
@@ -309,7 +313,9 @@ impl PartitionTask {
                     m.timestamp().to_millis().unwrap_or_else(now_ms),
                     decoded,
                 );
-                batch.account.charge(held);
+                // Its write encodes it twice more (the pipeline's commands,
+                // then the request): about three times what the batch holds.
+                batch.account.charge(WRITE_FACTOR * held);
             }
             Err(poison) => {
                 batch.account.charge(raw);
@@ -430,6 +436,9 @@ impl PartitionTask {
                 "the partition's log went back in time: the broker reports an end below the offset Redis holds");
             return Some(PartitionExit::SourceWentBack);
         }
+        let budget = &self.pipeline.budget;
+        metrics::gauge!("foldcache_ingest_unfolded_bytes")
+            .set((budget.total() - budget.available()) as f64);
         if let Some(lag) = self.progress.lag() {
             metrics::gauge!("foldcache_ingest_partition_lag",
                 "topic" => self.tp.0.clone(), "partition" => self.tp.1.to_string())
