@@ -13,6 +13,11 @@
 //! fold and its Redis memory.
 //!
 //! Run: `scripts/dev bench-ingest [EVENTS]` (builds release binaries first).
+//! `cargo bench --bench ingest_load -- N --plain [--repeat K]` runs only
+//! the fold from an empty Redis (K times), one row each, as
+//! `scripts/dev bench-curve` does; stderr shows ingest's RSS at each tenth
+//! of the fold, and `FOLDCACHE_BENCH_LOG=info` keeps ingest's log (under
+//! target/test-logs) to see where the time to ready goes.
 
 #[path = "support/commandstats.rs"]
 mod commandstats;
@@ -41,6 +46,15 @@ async fn main() -> Result<()> {
     // `--plain`: only the run from an empty Redis, printed as one row of
     // the scale curve (`scripts/dev bench-curve`).
     let plain_only = std::env::args().any(|a| a == "--plain");
+    // `--repeat N` (with `--plain`): N folds from an empty Redis on the
+    // same topic, against the same drain; their ratios vary by ±15 % on
+    // two shared cores, so the median of several is the figure to quote.
+    let repeat: usize = std::env::args()
+        .skip_while(|a| a != "--repeat")
+        .nth(1)
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(1)
+        .max(1);
     let redis = RedisServer::start().await?;
     let broker = Broker::start().await?;
     let id = unique("bench");
@@ -129,6 +143,26 @@ async fn main() -> Result<()> {
             );
         };
         row(&plain, used);
+        let mut ratios = vec![plain.ready_secs.unwrap_or(plain.secs) / drain_secs];
+        let mut peaks = vec![plain.peak_rss_kb];
+        for _ in 1..repeat {
+            let run = fold_run(&dir, &config, &redis, broker_pid, &topic, produced, "").await?;
+            row(&run, used_memory(&mut con).await?);
+            ratios.push(run.ready_secs.unwrap_or(run.secs) / drain_secs);
+            peaks.push(run.peak_rss_kb);
+        }
+        if repeat > 1 {
+            ratios.sort_by(f64::total_cmp);
+            peaks.sort_unstable();
+            println!(
+                "{repeat} folds: ready / drain median {:.2}x (min {:.2}x, max {:.2}x); ingest peak RSS median {:.1} MiB (max {:.1} MiB)",
+                ratios[repeat / 2],
+                ratios[0],
+                ratios[repeat - 1],
+                peaks[repeat / 2] as f64 / 1024.0,
+                peaks[repeat - 1] as f64 / 1024.0,
+            );
+        }
         // Settings compared on the same topic, one row each, in the order
         // given: `FOLDCACHE_BENCH_VARIANTS` holds TOML snippets separated
         // by lines of `---`.
@@ -310,6 +344,9 @@ async fn fold_run(
         .await?;
     let (redis0, broker0) = (cpu_secs(redis_pid), cpu_secs(broker_pid));
     let t = Instant::now();
+    // `FOLDCACHE_BENCH_LOG=info` shows where the time to ready goes (the
+    // logs are under target/test-logs).
+    let log = std::env::var("FOLDCACHE_BENCH_LOG").unwrap_or_else(|_| "warn".into());
     let mut ingest = foldcache::Process::spawn(
         "ingest",
         &foldcache_binary("ingest")?,
@@ -317,13 +354,15 @@ async fn fold_run(
         // Through the environment, so that settings under test may open
         // their own `[ingest]` table.
         &[
-            ("RUST_LOG", "warn"),
+            ("RUST_LOG", log.as_str()),
             ("FOLDCACHE__INGEST__ADMIN_LISTEN", "127.0.0.1:0"),
         ],
     )?;
     let pid = ingest.pid().context("ingest pid")?;
     let mut peak_rss_kb = 0;
     let mut ready_secs = None;
+    // RSS as the fold goes: where the peak is reached says what holds it.
+    let mut by_tenth: Vec<u64> = Vec::new();
     loop {
         if ready_secs.is_none() {
             let ready: Option<String> = con.hget("fc:state", "ready").await?;
@@ -337,7 +376,11 @@ async fn fold_run(
             .filter(|(k, _)| k.starts_with(topic))
             .map(|(_, v)| v)
             .sum();
-        peak_rss_kb = peak_rss_kb.max(rss_kb(pid));
+        let rss = rss_kb(pid);
+        peak_rss_kb = peak_rss_kb.max(rss);
+        while (by_tenth.len() as u64 + 1) * produced <= 10 * done as u64 && by_tenth.len() < 10 {
+            by_tenth.push(rss);
+        }
         if done as u64 >= produced && ready_secs.is_some() {
             break;
         }
@@ -349,6 +392,14 @@ async fn fold_run(
     }
     let secs = t.elapsed().as_secs_f64();
     peak_rss_kb = peak_rss_kb.max(hwm_kb(pid));
+    eprintln!(
+        "ingest RSS at each tenth folded (MiB): {}",
+        by_tenth
+            .iter()
+            .map(|kb| format!("{:.0}", *kb as f64 / 1024.0))
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
     let folding_rss_kb = peak_rss_kb;
     let cpu = Cpu {
         ingest: cpu_secs(pid),

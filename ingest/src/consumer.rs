@@ -43,9 +43,12 @@ use tokio::task::{AbortHandle, JoinSet};
 use tokio_util::sync::CancellationToken;
 
 /// librdkafka's bound on pre-fetched records per partition queue, and
-/// foldcache's default for it (KiB).
+/// foldcache's default for it (KiB). At 8 MiB, ingest's peak RSS over a
+/// 1,000,000-record backlog on 6 partitions was 164–210 MiB and grew all
+/// through the replay; at 4 MiB, 101–116 MiB and flat, in the same
+/// rebuild time within run-to-run noise (docs/BENCHMARKS.md, session 10).
 const PREFETCH_PROPERTY: &str = "queued.max.messages.kbytes";
-const PREFETCH_KBYTES: &str = "8192";
+const PREFETCH_KBYTES: &str = "4096";
 
 /// How often the loop reads its generation's role from the marker.
 const ROLE_EVERY: Duration = Duration::from_millis(500);
@@ -361,7 +364,7 @@ fn create_consumer(
     .set("statistics.interval.ms", "200");
     // librdkafka pre-fetches up to 64 MiB per partition queue by default:
     // most of ingest's memory at a backlog, for no throughput (a batch
-    // folds ~2,000 records). Bounded here unless the operator sets it.
+    // folds 500 records). Bounded here unless the operator sets it.
     if !config.kafka.client.contains_key(PREFETCH_PROPERTY) {
         cc.set(PREFETCH_PROPERTY, PREFETCH_KBYTES);
     }
