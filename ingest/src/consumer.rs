@@ -43,10 +43,12 @@ use tokio::task::{AbortHandle, JoinSet};
 use tokio_util::sync::CancellationToken;
 
 /// librdkafka's bound on pre-fetched records per partition queue, and
-/// foldcache's default for it (KiB). At 8 MiB, ingest's peak RSS over a
-/// 1,000,000-record backlog on 6 partitions was 164–210 MiB and grew all
-/// through the replay; at 4 MiB, 101–116 MiB and flat, in the same
-/// rebuild time within run-to-run noise (docs/BENCHMARKS.md, session 10).
+/// foldcache's default for it (KiB). librdkafka keeps a fetch response
+/// whole until every record in it is consumed, so the memory it holds
+/// grows as partitions drift apart, the faster the deeper the queues: over
+/// a 1,000,000-record backlog on 6 partitions ingest's peak RSS was
+/// 126–210 MiB at 8 MiB and 99–132 MiB at 4 MiB, for a rebuild about 6 %
+/// slower (medians of 6 and 9 runs, docs/BENCHMARKS.md, session 10).
 const PREFETCH_PROPERTY: &str = "queued.max.messages.kbytes";
 const PREFETCH_KBYTES: &str = "4096";
 
