@@ -99,8 +99,10 @@ impl Scanner {
             if *number {
                 let before = m.start().checked_sub(1).map(|j| bytes[j]);
                 let after = bytes.get(m.end()).copied();
-                if before.is_some_and(|b| b.is_ascii_digit() || b == b'.')
-                    || after.is_some_and(|b| b.is_ascii_digit())
+                // Inside a longer word (a hex instance id such as
+                // `fc83000e…`) it is not the number.
+                if before.is_some_and(|b| b.is_ascii_alphanumeric() || b == b'.')
+                    || after.is_some_and(|b| b.is_ascii_alphanumeric())
                 {
                     continue;
                 }
