@@ -11,7 +11,8 @@
 # --workspace --bins), wrk and webdis on PATH. BENCH_QUERY_API names another
 # query-api binary to measure; BENCH_BASELINE_QUERY_API, one to measure
 # beside it in the same run (an older build: before/after figures);
-# BENCH_REDIS_PORT, the Redis of an http_scale already running (no fold).
+# BENCH_REDIS_PORT, the Redis of an http_scale already running (no fold);
+# BENCH_WORKERS, the threads of each server (default 1).
 set -euo pipefail
 HERE=$(cd "$(dirname "$0")" && pwd)
 ROOT=$(cd "$HERE/../.." && pwd)
@@ -20,6 +21,9 @@ DUR=${BENCH_DURATION:-10s}
 WARMUP=${BENCH_WARMUP:-5s}
 CONNS=${BENCH_CONNECTIONS:-50}
 CACHE_ENTRIES=${BENCH_CACHE_ENTRIES:-100000}
+# Threads of each server (webdis's, query-api's `http.worker_threads`):
+# the same for both, as in benches/http/run.sh.
+WORKERS=${BENCH_WORKERS:-1}
 QUERY_API=${BENCH_QUERY_API:-${CARGO_TARGET_DIR:-$ROOT/target}/release/query-api}
 BASELINE=${BENCH_BASELINE_QUERY_API:-}
 WORK=$(mktemp -d)
@@ -69,6 +73,7 @@ key_prefix = "fc"
 listen = "127.0.0.1:$port"
 metrics_listen = "127.0.0.1:$metrics"
 local_cache_entries = $CACHE_ENTRIES
+worker_threads = $WORKERS
 
 [log]
 filter = "warn"
@@ -83,7 +88,7 @@ start_query_api query "$QUERY_API"; TARGETS+=(query)
 
 cat >"$WORK/webdis.json" <<JSON
 {"redis_host": "127.0.0.1", "redis_port": $REDIS_PORT, "http_host": "127.0.0.1", "http_port": $WEBDIS_PORT,
- "threads": 2, "pool_size": 20, "daemonize": false, "websockets": false, "database": 0,
+ "threads": $WORKERS, "pool_size": 20, "daemonize": false, "websockets": false, "database": 0,
  "verbosity": 0, "logfile": "$WORK/webdis.log"}
 JSON
 webdis "$WORK/webdis.json" 2>>"$WORK/webdis.log" & echo $! >"$WORK/webdis.pid"
@@ -143,7 +148,7 @@ for target in "${TARGETS[@]}"; do
 done
 ratio() { python3 -c "print('%.2f' % ($1 / $2))"; }
 echo
-echo "$N employees in Redis ($REDIS_MB MiB), query-api cache $CACHE_ENTRIES entries; wrk -t1 -c$CONNS -d$DUR, uniform random ids"
+echo "$N employees in Redis ($REDIS_MB MiB), query-api cache $CACHE_ENTRIES entries; $WORKERS thread(s) per server; wrk -t1 -c$CONNS -d$DUR, uniform random ids"
 echo
 echo "| target | req/s | p50 | p99 | / webdis | in-process cache hits |"
 echo "|---|---:|---:|---:|---:|---:|"

@@ -279,6 +279,12 @@ pub struct HttpConfig {
     /// `Last-Event-ID`), so a slow reader never grows query-api's memory.
     #[serde(default = "sse_buffer_events")]
     pub sse_buffer_events: usize,
+    /// Threads that serve requests; `0`: one per CPU core. Fewer than the
+    /// cores leaves the rest to other processes on the same machine (a
+    /// sidecar, a load generator): the runtime's threads then do not fight
+    /// them for the cores.
+    #[serde(default)]
+    pub worker_threads: usize,
 }
 
 const fn default_page_limit() -> usize {
@@ -612,6 +618,7 @@ impl Default for Config {
                 max_wait_secs: max_wait_secs(),
                 sse_heartbeat_secs: sse_heartbeat_secs(),
                 sse_buffer_events: sse_buffer_events(),
+                worker_threads: 0,
             },
             log: LogConfig {
                 filter: "info".into(),

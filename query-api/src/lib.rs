@@ -430,9 +430,11 @@ pub async fn serve(
     let shutdown = async move {
         let _ = closing.wait_for(|c| *c).await;
     };
+    // What the runtime has, not what the config asked for (`0`: the cores).
+    let workers = tokio::runtime::Handle::current().metrics().num_workers();
     let result = match &config.http.tls {
         None => {
-            tracing::info!(addr = %listener.local_addr()?, "query-api listening (HTTP)");
+            tracing::info!(addr = %listener.local_addr()?, workers, "query-api listening (HTTP)");
             use axum::serve::ListenerExt;
             let listener = listener.tap_io(|tcp| {
                 let _ = tcp.set_nodelay(true);
@@ -454,7 +456,7 @@ pub async fn serve(
                     tls.key_file.display()
                 )
             })?;
-            tracing::info!(addr = %listener.local_addr()?, "query-api listening (HTTPS)");
+            tracing::info!(addr = %listener.local_addr()?, workers, "query-api listening (HTTPS)");
             let handle = axum_server::Handle::new();
             let on_shutdown = handle.clone();
             tokio::spawn(async move {

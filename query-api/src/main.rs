@@ -19,10 +19,9 @@ struct Cli {
     config: Option<PathBuf>,
 }
 
-#[tokio::main]
-async fn main() -> std::process::ExitCode {
+fn main() -> std::process::ExitCode {
     // One clear line per error (causes joined), never a backtrace.
-    match run_main().await {
+    match run_main() {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e:#}");
@@ -31,9 +30,23 @@ async fn main() -> std::process::ExitCode {
     }
 }
 
-async fn run_main() -> anyhow::Result<()> {
+fn run_main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     let config = Config::load(cli.config.as_deref())?;
+    // The config names the runtime's threads, so it is read before the
+    // runtime exists.
+    let mut runtime = tokio::runtime::Builder::new_multi_thread();
+    if config.http.worker_threads > 0 {
+        runtime.worker_threads(config.http.worker_threads);
+    }
+    runtime
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?
+        .block_on(serve(config))
+}
+
+async fn serve(config: Config) -> anyhow::Result<()> {
     foldcache_common::telemetry::init(&config.log);
     foldcache_common::redis_client::install_tls_provider();
 

@@ -49,6 +49,9 @@ const MAX_WAIT_SECS: u64 = 3600;
 const MAX_SSE_HEARTBEAT_SECS: u64 = 300;
 /// Smallest SSE buffer: a burst of one fold batch must fit.
 const MIN_SSE_BUFFER_EVENTS: usize = 16;
+/// Most `http.worker_threads`: far past any machine's cores, so a typo (an
+/// extra digit) is caught before it spawns thousands of threads.
+const MAX_WORKER_THREADS: usize = 1024;
 /// Query parameters of a collection that no index may take as its name.
 const RESERVED_FILTER_NAMES: [&str; 4] = ["id", "limit", "cursor", "since"];
 
@@ -446,6 +449,13 @@ fn http(c: &Config) -> Result<(), ConfigError> {
                 "must be at least {MIN_SSE_BUFFER_EVENTS}: one fold batch would disconnect every \
                  event-stream client"
             ),
+        ));
+    }
+    if h.worker_threads > MAX_WORKER_THREADS {
+        return Err(reject(
+            "http.worker_threads",
+            h.worker_threads,
+            format!("must be at most {MAX_WORKER_THREADS} (0: one per CPU core)"),
         ));
     }
     let header = h.surrogate_key_header.trim();
@@ -1485,6 +1495,11 @@ mod tests {
             |c| c.http.sse_buffer_events = 1,
             "http.sse_buffer_events = 1",
             "at least",
+        );
+        assert_refused(
+            |c| c.http.worker_threads = 10_000,
+            "http.worker_threads = 10000",
+            "at most 1024",
         );
     }
 
