@@ -120,7 +120,10 @@ state_poll_ms = 100
 retry_after_secs = 1
 
 [log]
-filter = "info"
+# query-api's store logs each miss it answers 404 or 503 for, with the
+# generation it read: the evidence a false 404 would need
+# (docs/OPERATIONS.md, Known issues).
+filter = "info,foldcache_query_api::store=debug"
 
 [[sources]]
 topic = "{emp}"
