@@ -74,7 +74,10 @@ async fn reader(base: String, stop: Arc<AtomicBool>, allow_503: bool) -> Result<
 }
 
 /// Waits for the cache, starts the writer and waits until its first round
-/// is served.
+/// is served: every key, since the keys are spread over partitions that
+/// ingest folds independently (one key served says nothing of a key on
+/// another partition, and a reader asking for that one too early gets a
+/// true 404).
 async fn start_writing(
     stack: &Arc<Stack>,
 ) -> Result<(
@@ -84,9 +87,15 @@ async fn start_writing(
     stack.wait_ready(WAIT).await?;
     let stop = Arc::new(AtomicBool::new(false));
     let w = tokio::spawn(writer(stack.clone(), stop.clone(), 0));
-    let url = format!("{}/v1/employees/E{}", stack.base_url(), KEYS - 1);
+    let base = stack.base_url();
     eventually("the first round to be served", WAIT, || async {
-        Ok((reqwest::get(&url).await?.status() == 200).then_some(()))
+        for k in 0..KEYS {
+            let url = format!("{base}/v1/employees/E{k}");
+            if reqwest::get(&url).await?.status() != 200 {
+                return Ok(None);
+            }
+        }
+        Ok(Some(()))
     })
     .await?;
     Ok((stop, w))
