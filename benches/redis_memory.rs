@@ -117,12 +117,13 @@ async fn main() -> Result<()> {
     Ok(())
 }
 
-/// `fc:g1:employees:E00001` → `{entity hash}`, `fc:g1:{employees}:_ix:email:…`
-/// → `_ix:email:*`.
+/// `fc:g1:employees:E00001` → `{entity hash}`, `fc:g1:{employees}:_ix:team_id:…`
+/// → `_ix:team_id:*`, `fc:g1:{employees}:_uix:email` → itself.
 fn kind_of(key: &str) -> String {
     let parts: Vec<&str> = key.splitn(5, ':').collect();
     match parts.as_slice() {
         [_, _, _, rest, _] if rest.starts_with("_ix") => format!("{}:{}:*", parts[2], rest),
+        [_, _, e, "_uix", index] => format!("{e}:_uix:{index} (unique index)"),
         [_, g, e, last] if g.starts_with('g') && !last.starts_with('_') => {
             format!("{e}:{{id}} (entity hash)")
         }

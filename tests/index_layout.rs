@@ -69,13 +69,39 @@ impl Cache {
         format!("fc:g1:employees:{id}")
     }
 
-    /// Members of index `index`'s entry for `value`, as Redis holds them.
+    /// Members of index `index`'s entry for `value`, as Redis holds them:
+    /// the value's sorted set, and for the unique `email` index its first
+    /// holder in the index's hash before them.
     async fn index(&mut self, index: &str, value: &str) -> Result<Vec<String>> {
+        let e = EntityName::parse("employees")?;
+        let mut ids: Vec<String> = Vec::new();
+        if index == "email" {
+            let first: Option<String> = self
+                .con
+                .hget(self.keys.unique_index(1, &e, index), value)
+                .await?;
+            ids.extend(first);
+        }
+        let rest: Vec<String> = self
+            .con
+            .zrange(self.keys.index(1, &e, index, value), 0, -1)
+            .await?;
+        ids.extend(rest);
+        Ok(ids)
+    }
+
+    /// Whether index `index` has a sorted set for `value`.
+    async fn has_set(&mut self, index: &str, value: &str) -> Result<bool> {
         let e = EntityName::parse("employees")?;
         Ok(self
             .con
-            .zrange(self.keys.index(1, &e, index, value), 0, -1)
+            .exists(self.keys.index(1, &e, index, value))
             .await?)
+    }
+
+    /// The number of keys in Redis.
+    async fn keys_count(&mut self) -> Result<usize> {
+        Ok(redis::cmd("DBSIZE").query_async(&mut self.con).await?)
     }
 
     /// Rewrites `person(id, "a@x.example", team)`'s hash as an older ingest
@@ -99,24 +125,26 @@ impl Cache {
 
     /// Ids query-api serves for `?{index}={value}`.
     async fn served(&self, index: &str, value: &str) -> Result<Vec<String>> {
-        let res = common::send(
-            &self.app,
-            Method::GET,
-            &format!("/v1/employees?{index}={value}"),
-            &[],
-        )
-        .await?;
+        self.served_page(&format!("/v1/employees?{index}={value}"))
+            .await
+            .map(|(ids, _)| ids)
+    }
+
+    /// The ids of one collection page and its `next` link.
+    async fn served_page(&self, path: &str) -> Result<(Vec<String>, Option<String>)> {
+        let res = common::send(&self.app, Method::GET, path, &[]).await?;
         assert_eq!(res.status, StatusCode::OK);
         assert!(res.header("etag").is_some());
         let body = res.json();
-        Ok(body["items"]
+        let ids = body["items"]
             .as_array()
             .map(|a| {
                 a.iter()
                     .filter_map(|i| i["id"].as_str().map(str::to_owned))
                     .collect()
             })
-            .unwrap_or_default())
+            .unwrap_or_default();
+        Ok((ids, body["next"].as_str().map(str::to_owned)))
     }
 }
 
@@ -232,5 +260,124 @@ async fn a_hash_of_the_older_layout_keeps_its_indexes_exact() -> Result<()> {
     assert!(cache.index("team_id", "T2").await?.is_empty());
     assert!(cache.index("email", "a@x.example").await?.is_empty());
     assert!(cache.index("manager_id", "E9").await?.is_empty());
+    Ok(())
+}
+
+/// A unique index is one hash (value → first holder), not one key per
+/// value; a second holder of a value is a conflict, counted and served,
+/// and takes the first place when the first holder leaves.
+#[tokio::test]
+async fn a_unique_index_is_one_hash_and_serves_every_holder() -> Result<()> {
+    let mut cache = Cache::new().await?;
+    cache
+        .fold(&[
+            ("E1", Some(person("E1", "a@x.example", "T1"))),
+            ("E2", Some(person("E2", "b@x.example", "T1"))),
+        ])
+        .await?;
+    let e = EntityName::parse("employees")?;
+    let hash: BTreeMap<String, String> = cache
+        .con
+        .hgetall(cache.keys.unique_index(1, &e, "email"))
+        .await?;
+    assert_eq!(
+        hash,
+        BTreeMap::from([
+            ("a@x.example".to_owned(), "E1".to_owned()),
+            ("b@x.example".to_owned(), "E2".to_owned())
+        ])
+    );
+    assert!(
+        !cache.has_set("email", "a@x.example").await?,
+        "no sorted set for a value with one holder"
+    );
+
+    // Three more holders of a@x.example in one batch, one of them sorting
+    // before E1: every one is a conflict, every one is served, in order.
+    let before = cache.keys_count().await?;
+    let folded = cache
+        .folder
+        .fold(
+            &mut cache.con,
+            EPOCH,
+            1,
+            &[common::fold::batch(
+                &cache.keys,
+                &cache.sources.get(TOPIC).expect("employees source").clone(),
+                &mut cache.offset,
+                &[
+                    ("E0", Some(person("E0", "a@x.example", "T1"))),
+                    ("E3", Some(person("E3", "a@x.example", "T1"))),
+                    ("E4", Some(person("E4", "a@x.example", "T1"))),
+                ],
+            )?],
+        )
+        .await?;
+    assert_eq!(folded[0].unique_conflicts, 3);
+    assert_eq!(
+        cache.index("email", "a@x.example").await?,
+        ["E1", "E0", "E3", "E4"]
+    );
+    assert_eq!(
+        cache.served("email", "a@x.example").await?,
+        ["E0", "E1", "E3", "E4"]
+    );
+    // Paged two at a time, across the hash's holder and the set's.
+    let (first, next) = cache
+        .served_page("/v1/employees?email=a@x.example&limit=2")
+        .await?;
+    assert_eq!(first, ["E0", "E1"]);
+    let (second, last) = cache.served_page(&next.expect("a next page")).await?;
+    assert_eq!(second, ["E3", "E4"]);
+    assert_eq!(last, None);
+    // Three entity hashes and one sorted set for the conflicts.
+    assert_eq!(cache.keys_count().await?, before + 4);
+
+    // The first holder leaves: the smallest waiting one takes its place.
+    cache
+        .fold(&[("E1", Some(person("E1", "c@x.example", "T1")))])
+        .await?;
+    assert_eq!(
+        cache.index("email", "a@x.example").await?,
+        ["E0", "E3", "E4"]
+    );
+    assert_eq!(cache.index("email", "c@x.example").await?, ["E1"]);
+    // Holders leave in any order; the last one takes the field with it.
+    cache.fold(&[("E3", None), ("E0", None)]).await?;
+    assert_eq!(cache.index("email", "a@x.example").await?, ["E4"]);
+    cache.fold(&[("E4", None)]).await?;
+    assert!(cache.index("email", "a@x.example").await?.is_empty());
+    assert!(cache.served("email", "a@x.example").await?.is_empty());
+    assert!(!cache.has_set("email", "a@x.example").await?);
+    Ok(())
+}
+
+/// A unique index value kept by an older ingest (a sorted set of its own,
+/// no field in the hash) is still served, and emptied when its holder
+/// leaves.
+#[tokio::test]
+async fn a_unique_value_of_the_older_layout_is_served_and_emptied() -> Result<()> {
+    let mut cache = Cache::new().await?;
+    cache
+        .fold(&[("E1", Some(person("E1", "a@x.example", "T1")))])
+        .await?;
+    let e = EntityName::parse("employees")?;
+    let uix = cache.keys.unique_index(1, &e, "email");
+    let set = cache.keys.index(1, &e, "email", "a@x.example");
+    let () = redis::pipe()
+        .hdel(&uix, "a@x.example")
+        .zadd(&set, "E1", 0)
+        .query_async(&mut cache.con)
+        .await?;
+    assert_eq!(cache.served("email", "a@x.example").await?, ["E1"]);
+    cache
+        .fold(&[("E1", Some(person("E1", "b@x.example", "T1")))])
+        .await?;
+    assert!(
+        !cache.has_set("email", "a@x.example").await?,
+        "the older set is emptied"
+    );
+    assert!(cache.served("email", "a@x.example").await?.is_empty());
+    assert_eq!(cache.served("email", "b@x.example").await?, ["E1"]);
     Ok(())
 }

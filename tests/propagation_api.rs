@@ -335,9 +335,13 @@ async fn index_filters_follow_moves_email_changes_and_tombstones() -> Result<()>
         .await?;
     assert_eq!(t1, ["E001"]);
     let old_mail: bool = con
-        .exists("fc:g1:{employees}:_ix:email:e2@hanbit.co.kr")
+        .hexists("fc:g1:{employees}:_uix:email", "e2@hanbit.co.kr")
         .await?;
     assert!(!old_mail);
+    let old_set: bool = con
+        .exists("fc:g1:{employees}:_ix:email:e2@hanbit.co.kr")
+        .await?;
+    assert!(!old_set);
     // A re-creation comes back into its indexes.
     api.fold("employees", &[("E003", Some(employee(3, "T1")))])
         .await?;
@@ -584,6 +588,83 @@ async fn a_cursor_older_than_the_retained_log_answers_410() -> Result<()> {
         .get(tail["next"].as_str().unwrap_or(""), Some(HR_TOKEN), &[])
         .await?;
     assert_eq!(r.status(), 200);
+    api.stop().await
+}
+
+/// The log entries of `generation` in order, as `op id`.
+async fn logged(api: &mut Api, generation: u64) -> Result<Vec<String>> {
+    let entries: Vec<(String, Vec<String>)> = redis::cmd("XRANGE")
+        .arg(format!("fc:g{generation}:{{employees}}:_changes"))
+        .arg("-")
+        .arg("+")
+        .query_async(&mut api.con)
+        .await?;
+    // Each entry's fields: op, u|d, id, …, etag, ….
+    Ok(entries
+        .iter()
+        .map(|(_, f)| format!("{} {}", f[1], f[3]))
+        .collect())
+}
+
+/// A generation no reader can hold a cursor into (being built, or live but
+/// not yet ready in its epoch) logs nothing; from the moment it is served,
+/// every change is logged and delivered.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_generation_logs_changes_from_the_moment_it_is_served() -> Result<()> {
+    let mut api = Api::start(config_with_tokens()).await?;
+    api.fold("employees", &[("E001", Some(employee(1, "T1")))])
+        .await?;
+    assert_eq!(logged(&mut api, 1).await?, ["u E001"]);
+
+    // A rebuild: its replay lands in the data, not in a log nobody can read.
+    api.build(2).await?;
+    api.fold(
+        "employees",
+        &[
+            ("E001", Some(employee(1, "T1"))),
+            ("E002", Some(employee(2, "T1"))),
+        ],
+    )
+    .await?;
+    assert!(logged(&mut api, 2).await?.is_empty());
+    api.swap().await?;
+    let page = api.json("/v1/employees", Some(HR_TOKEN)).await?;
+    assert_eq!(ids_of(&page), ["E001", "E002"]);
+    let end = api.json("/v1/employees/changes", Some(HR_TOKEN)).await?;
+    let end_url = end["next"].as_str().unwrap_or_default().to_owned();
+    api.fold(
+        "employees",
+        &[("E003", Some(employee(3, "T2"))), ("E002", None)],
+    )
+    .await?;
+    assert_eq!(logged(&mut api, 2).await?, ["u E003", "d E002"]);
+    let got = api.json(&end_url, Some(HR_TOKEN)).await?;
+    let events: Vec<(&str, &str)> = got["events"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .map(|e| {
+                    (
+                        e["op"].as_str().unwrap_or(""),
+                        e["id"].as_str().unwrap_or(""),
+                    )
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    assert_eq!(events, [("upsert", "E003"), ("delete", "E002")]);
+
+    // Live but not ready (a cold cache catching up): nothing logged until
+    // it is ready.
+    let () = api.con.hset("fc:state", "ready", "0").await?;
+    api.fold("employees", &[("E004", Some(employee(4, "T1")))])
+        .await?;
+    let () = api.con.hset("fc:state", "ready", "1").await?;
+    api.fold("employees", &[("E005", Some(employee(5, "T1")))])
+        .await?;
+    assert_eq!(logged(&mut api, 2).await?, ["u E003", "d E002", "u E005"]);
+    let state: Option<String> = api.con.hget("fc:g2:employees:E004", "email").await?;
+    assert_eq!(state.as_deref(), Some("\"e4@hanbit.co.kr\""));
     api.stop().await
 }
 

@@ -131,6 +131,21 @@ pub fn scalar_text(v: &Value) -> Option<String> {
     }
 }
 
+/// Lua for the scripts that order ids (the fold's unique indexes,
+/// query-api's pages of them): `bytes_lt(a, b)`, byte order whatever
+/// Redis's collation locale is (Lua's `<` on strings follows it), the
+/// order of `ZRANGE … BYLEX`.
+pub const LUA_BYTES_LT: &str = r"
+local function bytes_lt(a, b)
+  local n = math.min(#a, #b)
+  for k = 1, n do
+    local x, y = string.byte(a, k), string.byte(b, k)
+    if x ~= y then return x < y end
+  end
+  return #a < #b
+end
+";
+
 /// A value as it appears in a key: bytes of `[A-Za-z0-9._@+-]` as they are,
 /// every other byte as `%XX`; longer than [`MAX_PLAIN_VALUE_BYTES`] (or
 /// containing nothing printable): `~` and the hex SHA-256 of the value. So

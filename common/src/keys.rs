@@ -176,11 +176,23 @@ impl KeySpace {
         format!("{}:g{generation}:{{{entity}}}:_ix:", self.prefix)
     }
 
-    /// The sorted set of ids whose state holds `value` in `index`.
+    /// The sorted set of ids whose state holds `value` in `index` (a
+    /// unique index: [`KeySpace::unique_index`]; a sorted set of this name
+    /// is then one an older ingest wrote, still read and emptied).
     pub fn index(&self, generation: u64, entity: &EntityName, index: &str, value: &str) -> String {
         let mut k = self.index_prefix(generation, entity);
         k.push_str(&crate::index::entry(index, value));
         k
+    }
+
+    /// A unique index (one hash per index): encoded value → the ids that
+    /// hold it, sorted by bytes, `\n`-separated (normally one). One field
+    /// per value instead of one sorted set per value: a million e-mail
+    /// addresses are a million fields of one key, not a million keys. The
+    /// fold script derives it from [`KeySpace::index_prefix`] (`_ix:` →
+    /// `_uix:`).
+    pub fn unique_index(&self, generation: u64, entity: &EntityName, index: &str) -> String {
+        format!("{}:g{generation}:{{{entity}}}:_uix:{index}", self.prefix)
     }
 
     /// The prefix of the staging hashes of one fold call (`token` names the
@@ -317,6 +329,10 @@ mod tests {
         assert_eq!(
             ks.index(3, &e, "email", "a b@x"),
             "fc:g3:{employees}:_ix:email:a%20b@x"
+        );
+        assert_eq!(
+            ks.unique_index(3, &e, "email"),
+            "fc:g3:{employees}:_uix:email"
         );
         // Every derived key is removed with its generation.
         let glob = ks.generation_pattern(3);

@@ -161,6 +161,7 @@ async fn page(
         Some((index, value)) => PageSource::Index {
             index: index.clone(),
             value: value.clone(),
+            unique: policy.indexes.iter().any(|i| i.name == *index && i.unique),
         },
     };
     let page = app

@@ -358,6 +358,37 @@ return {ids, hashes}
 static PAGE_SCRIPT: std::sync::LazyLock<redis::Script> =
     std::sync::LazyLock::new(|| redis::Script::new(PAGE_LUA));
 
+/// [`PAGE_LUA`] for a unique index's value: its first holder from the
+/// index's hash, the others (conflicts, or every holder an older ingest
+/// listed) from the value's sorted set, merged in byte order.
+const PAGE_UNIQUE_LUA: &str = r"
+-- KEYS[1] the unique index's hash, KEYS[2] the value's sorted set;
+-- ARGV[1] ZRANGE start ('-' or '(' .. id), ARGV[2] page size, ARGV[3]
+-- entity key prefix, ARGV[4] the encoded value; after LUA_BYTES_LT.
+local n = tonumber(ARGV[2])
+local ids = redis.call('ZRANGE', KEYS[2], ARGV[1], '+', 'BYLEX', 'LIMIT', 0, n + 1)
+local first = redis.call('HGET', KEYS[1], ARGV[4])
+if first and (ARGV[1] == '-' or bytes_lt(string.sub(ARGV[1], 2), first)) then
+  local at = #ids + 1
+  for i, id in ipairs(ids) do
+    if id == first then at = nil; break end
+    if bytes_lt(first, id) then at = i; break end
+  end
+  if at then table.insert(ids, at, first) end
+  if #ids > n + 1 then ids[#ids] = nil end
+end
+local hashes = {}
+for i, id in ipairs(ids) do
+  if i <= n then hashes[i] = redis.call('HGETALL', ARGV[3] .. id) end
+end
+return {ids, hashes}
+";
+
+/// [`PAGE_UNIQUE_LUA`] as a script.
+static PAGE_UNIQUE_SCRIPT: std::sync::LazyLock<redis::Script> = std::sync::LazyLock::new(|| {
+    redis::Script::new(&[foldcache_common::index::LUA_BYTES_LT, PAGE_UNIQUE_LUA].concat())
+});
+
 /// Reads a change log after a position, atomically with the states its
 /// upserts name and with what the log has lost to trimming.
 const CHANGES_LUA: &str = r"
@@ -406,6 +437,9 @@ pub enum PageSource {
         index: String,
         /// The filter value.
         value: String,
+        /// Declared unique: kept as one hash per index
+        /// ([`KeySpace::unique_index`](foldcache_common::keys::KeySpace::unique_index)).
+        unique: bool,
     },
 }
 
@@ -471,16 +505,37 @@ impl Store {
         after: Option<&EntityId>,
         limit: usize,
     ) -> redis::RedisResult<Page> {
-        let key = match source {
-            PageSource::All => self.keys.ids(generation, entity),
-            PageSource::Index { index, value } => self.keys.index(generation, entity, index, value),
-        };
         let start = after.map_or_else(|| "-".to_owned(), |id| format!("({id}"));
-        let (ids, hashes): (Vec<String>, Vec<Vec<(String, String)>>) = PAGE_SCRIPT
-            .key(key)
-            .arg(start)
+        let mut inv = match source {
+            PageSource::All => PAGE_SCRIPT.key(self.keys.ids(generation, entity)),
+            PageSource::Index {
+                index,
+                value,
+                unique: false,
+            } => PAGE_SCRIPT.key(self.keys.index(generation, entity, index, value)),
+            PageSource::Index {
+                index,
+                value,
+                unique: true,
+            } => {
+                let mut inv =
+                    PAGE_UNIQUE_SCRIPT.key(self.keys.unique_index(generation, entity, index));
+                inv.key(self.keys.index(generation, entity, index, value));
+                inv
+            }
+        };
+        inv.arg(start)
             .arg(limit)
-            .arg(self.keys.entity_prefix(generation, entity))
+            .arg(self.keys.entity_prefix(generation, entity));
+        if let PageSource::Index {
+            value,
+            unique: true,
+            ..
+        } = source
+        {
+            inv.arg(foldcache_common::index::encode_value(value));
+        }
+        let (ids, hashes): (Vec<String>, Vec<Vec<(String, String)>>) = inv
             .invoke_async(&mut self.con.clone())
             .await
             .inspect_err(|_| self.distrust())?;
@@ -497,7 +552,7 @@ impl Store {
                 missing += 1;
                 continue;
             }
-            if let PageSource::Index { index, value } = source
+            if let PageSource::Index { index, value, .. } = source
                 && !foldcache_common::index::holds(&hash, index, value)
             {
                 continue;

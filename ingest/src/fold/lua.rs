@@ -8,7 +8,8 @@
 //! (sorted set), KEYS[4] its change log (stream);
 //! ARGV[1] epoch, ARGV[2] partition field, ARGV[3] next offset after the
 //! batch, ARGV[4] 'epoch', ARGV[5] generation, ARGV[6] the offset the
-//! caller knows is stored (its position), ARGV[7] index key prefix, ARGV[8]
+//! caller knows is stored (its position), ARGV[7] index key prefix
+//! (`…:_ix:`; a unique index's hash is named after it, `…:_uix:{index}`), ARGV[8]
 //! change log length bound (0: none), ARGV[9] change log max age in ms (0:
 //! none), ARGV[10] the entity's index names, space-separated, a unique
 //! one followed by `!`.
@@ -35,17 +36,23 @@ local function refused(r) return r end
 ";
 
 /// Guards (epoch, generation, Redis going back) and the helpers both
-/// bodies use: stored index entries, the change log and its trimming.
+/// bodies use: stored index entries, unique indexes, the change log and its
+/// trimming. Follows [`LUA_BYTES_LT`](foldcache_common::index::LUA_BYTES_LT).
 pub const PRELUDE: &str = r"
 if redis.call('HGET', KEYS[1], ARGV[4]) ~= ARGV[1] then
   return refused({-1, 0, 0, 0, {}})
 end
 -- A generation replaced by a rebuild is frozen at the swap: readers that
 -- have not switched yet never see it move ahead of the new one.
-if redis.call('HGET', KEYS[1], 'live_gen') ~= ARGV[5]
-   and redis.call('HGET', KEYS[1], 'build_gen') ~= ARGV[5] then
+local live = redis.call('HGET', KEYS[1], 'live_gen') == ARGV[5]
+if not live and redis.call('HGET', KEYS[1], 'build_gen') ~= ARGV[5] then
   return refused({-2, 0, 0, 0, {}})
 end
+-- No reader can hold a cursor into a generation being built, nor into the
+-- live one before its epoch is first ready (query-api serves neither, and a
+-- cursor names its epoch and generation): their changes are in the data,
+-- and their log starts when they are served.
+local logging = live and redis.call('HGET', KEYS[1], 'ready') == '1'
 local stored = redis.call('HGET', KEYS[2], ARGV[2])
 local fence = 0
 if stored then fence = tonumber(stored) end
@@ -84,10 +91,36 @@ local function stored_entries(get)
 end
 local conflicts, logged = 0, 0
 local up, del, skip = 0, 0, 0
+-- A unique index is one hash, '_uix:{index}': encoded value -> its first
+-- holder. Holders beyond the first (conflicts) wait in the value's sorted
+-- set, '_ix:{index}:{value}', the layout every value had before (an
+-- older ingest's sets are read and emptied the same way). The hash holds a
+-- value whenever the set does, but for sets of an older ingest: an id
+-- that takes an empty field meets no other holder.
+local uprefix = string.sub(ARGV[7], 1, -5) .. '_uix:'
+local function unique_add(e, id)
+  local name = string.match(e, '^[^:]+')
+  local k, v = uprefix .. name, string.sub(e, #name + 2)
+  if redis.call('HSETNX', k, v, id) == 1 then return end
+  if redis.call('HGET', k, v) == id then return end
+  conflicts = conflicts + redis.call('ZADD', ARGV[7] .. e, 0, id)
+end
+local function unique_rem(e, id)
+  local name = string.match(e, '^[^:]+')
+  local k, v = uprefix .. name, string.sub(e, #name + 2)
+  if redis.call('HGET', k, v) == id then
+    local next = redis.call('ZPOPMIN', ARGV[7] .. e)
+    if next[1] then redis.call('HSET', k, v, next[1]) else redis.call('HDEL', k, v) end
+  else
+    redis.call('ZREM', ARGV[7] .. e, id)
+  end
+end
 local touched = {}
--- The change log entry, in the same atomic step as the data.
+-- The change log entry, in the same atomic step as the data (while the
+-- generation is served).
 local last_id
 local function log_change(op, id, etag)
+  if not logging then return end
   last_id = redis.call('XADD', KEYS[4], '*', 'op', op, 'id', id, 'etag', etag)
   logged = logged + 1
 end
@@ -205,17 +238,21 @@ for i = 5, #KEYS, 2 do
   end
   c = c + 7
 end
-for e, ids in pairs(rem) do zcall('ZREM', ARGV[7] .. e, ids) end
+for e, ids in pairs(rem) do
+  if unique[string.match(e, '^[^:]+')] then
+    for _, id in ipairs(ids) do unique_rem(e, id) end
+  else
+    zcall('ZREM', ARGV[7] .. e, ids)
+  end
+end
 for _, e in ipairs(addorder) do
-  local k = ARGV[7] .. e
-  local added = zcall('ZADD', k, add[e])
-  if added > 0 and unique[string.match(e, '^[^:]+')] then
-    -- Every id that entered finds another one there, but the first into
-    -- a set that was empty.
-    local card = redis.call('ZCARD', k)
-    if card > 1 then
-      if card == added then conflicts = conflicts + added - 1 else conflicts = conflicts + added end
-    end
+  if unique[string.match(e, '^[^:]+')] then
+    -- Every id that enters finds another one there, but the first into
+    -- an empty entry.
+    local q = add[e]
+    for j = 2, #q, 2 do unique_add(e, q[j]) end
+  else
+    zcall('ZADD', ARGV[7] .. e, add[e])
   end
 end
 zcall('ZADD', KEYS[3], newids)
@@ -244,15 +281,6 @@ local eprefix, pprefix, mytopic, mode = ARGV[11], ARGV[12], ARGV[14], ARGV[15]
 local links = KEYS[5]
 local rank, ranks = {}, 0
 for t in string.gmatch(ARGV[13], '%S+') do ranks = ranks + 1; rank[t] = ranks end
--- Byte order, whatever Redis's collation locale is.
-local function bytes_lt(a, b)
-  local n = math.min(#a, #b)
-  for k = 1, n do
-    local x, y = string.byte(a, k), string.byte(b, k)
-    if x ~= y then return x < y end
-  end
-  return #a < #b
-end
 local function part_before(a, b)
   if a[1] ~= b[1] then return a[1] < b[1] end
   return bytes_lt(a[2], b[2])
@@ -262,14 +290,20 @@ end
 -- Moves an id from its old index entries to its new ones.
 local function reindex(id, old, new)
   for e in pairs(old) do
-    if not new[e] then redis.call('ZREM', ARGV[7] .. e, id) end
+    if not new[e] then
+      if unique[string.match(e, '^[^:]+')] then
+        unique_rem(e, id)
+      else
+        redis.call('ZREM', ARGV[7] .. e, id)
+      end
+    end
   end
   for e in pairs(new) do
     if not old[e] then
-      local k = ARGV[7] .. e
-      redis.call('ZADD', k, 0, id)
-      if unique[string.match(e, '^[^:]+')] and redis.call('ZCARD', k) > 1 then
-        conflicts = conflicts + 1
+      if unique[string.match(e, '^[^:]+')] then
+        unique_add(e, id)
+      else
+        redis.call('ZADD', ARGV[7] .. e, 0, id)
       end
     end
   end

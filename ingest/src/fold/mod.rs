@@ -41,7 +41,7 @@ pub use batch::PartitionBatch;
 
 use batch::{Kind, Op};
 use foldcache_common::config::{Config, SourceConfig};
-use foldcache_common::index::{IndexSpec, entries_by, entries_of, meta_fields};
+use foldcache_common::index::{IndexSpec, LUA_BYTES_LT, entries_by, entries_of, meta_fields};
 use foldcache_common::keys::{KeySpace, META_ETAG, META_MODIFIED_MS, partition_field, state_field};
 use foldcache_common::state::write_json_string;
 use redis::aio::ConnectionLike;
@@ -166,6 +166,7 @@ impl Folder {
             replace: redis::Script::new(
                 &[
                     lua::REPLACE_REFUSED,
+                    LUA_BYTES_LT,
                     lua::PRELUDE,
                     lua::REPLACE,
                     lua::EPILOGUE,
@@ -173,7 +174,14 @@ impl Folder {
                 .concat(),
             ),
             merge: redis::Script::new(
-                &[lua::MERGE_REFUSED, lua::PRELUDE, lua::MERGE, lua::EPILOGUE].concat(),
+                &[
+                    lua::MERGE_REFUSED,
+                    LUA_BYTES_LT,
+                    lua::PRELUDE,
+                    lua::MERGE,
+                    lua::EPILOGUE,
+                ]
+                .concat(),
             ),
             derived: Arc::new(derived),
             token: format!("{:016x}", rand::random::<u64>()).into(),
