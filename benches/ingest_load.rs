@@ -113,6 +113,9 @@ async fn main() -> Result<()> {
     let (drain_secs, drained_bytes) =
         tokio::task::spawn_blocking(move || drain(&bootstrap, &topic_c, produced)).await??;
     let drain_broker_cpu = cpu_secs(broker.pid().context("broker pid")?) - broker_cpu0;
+    // What the broker spends serving a bare reader, beside what it spends
+    // serving ingest (each fold row's CPU seconds).
+    eprintln!("plain drain: broker CPU {drain_broker_cpu:.1} s over {drain_secs:.1} s");
 
     // Baseline 2: redis-benchmark HSET with the same field count.
     let sample = sample_field_count(&config)?;
