@@ -18,6 +18,8 @@
 //! `scripts/dev bench-curve` does; stderr shows ingest's RSS at each tenth
 //! of the fold, and `FOLDCACHE_BENCH_LOG=info` keeps ingest's log (under
 //! target/test-logs) to see where the time to ready goes.
+//! `FOLDCACHE_BENCH_INSTANCES=N` folds with N ingest processes in one
+//! consumer group (their RSS and CPU summed).
 
 #[path = "support/commandstats.rs"]
 mod commandstats;
@@ -350,18 +352,34 @@ async fn fold_run(
     // `FOLDCACHE_BENCH_LOG=info` shows where the time to ready goes (the
     // logs are under target/test-logs).
     let log = std::env::var("FOLDCACHE_BENCH_LOG").unwrap_or_else(|_| "warn".into());
-    let mut ingest = foldcache::Process::spawn(
-        "ingest",
-        &foldcache_binary("ingest")?,
-        &["--config", &path.to_string_lossy(), "run"],
-        // Through the environment, so that settings under test may open
-        // their own `[ingest]` table.
-        &[
-            ("RUST_LOG", log.as_str()),
-            ("FOLDCACHE__INGEST__ADMIN_LISTEN", "127.0.0.1:0"),
-        ],
-    )?;
-    let pid = ingest.pid().context("ingest pid")?;
+    // `FOLDCACHE_BENCH_INSTANCES=N`: N ingest processes in one consumer
+    // group (the partitions shared out), as a deployment scales out; RSS
+    // and CPU are their sums.
+    let instances: usize = std::env::var("FOLDCACHE_BENCH_INSTANCES")
+        .ok()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(1)
+        .max(1);
+    let mut ingests = Vec::with_capacity(instances);
+    for _ in 0..instances {
+        ingests.push(foldcache::Process::spawn(
+            "ingest",
+            &foldcache_binary("ingest")?,
+            &["--config", &path.to_string_lossy(), "run"],
+            // Through the environment, so that settings under test may open
+            // their own `[ingest]` table.
+            &[
+                ("RUST_LOG", log.as_str()),
+                ("FOLDCACHE__INGEST__ADMIN_LISTEN", "127.0.0.1:0"),
+            ],
+        )?);
+    }
+    let pids = ingests
+        .iter()
+        .map(|i| i.pid().context("ingest pid"))
+        .collect::<Result<Vec<u32>>>()?;
+    let rss_kb = |pids: &[u32]| pids.iter().map(|&p| rss_kb(p)).sum::<u64>();
+    let hwm_kb = |pids: &[u32]| pids.iter().map(|&p| hwm_kb(p)).sum::<u64>();
     let mut peak_rss_kb = 0;
     let mut ready_secs = None;
     // RSS as the fold goes: where the peak is reached says what holds it.
@@ -379,7 +397,7 @@ async fn fold_run(
             .filter(|(k, _)| k.starts_with(topic))
             .map(|(_, v)| v)
             .sum();
-        let rss = rss_kb(pid);
+        let rss = rss_kb(&pids);
         peak_rss_kb = peak_rss_kb.max(rss);
         while (by_tenth.len() as u64 + 1) * produced <= 10 * done as u64 && by_tenth.len() < 10 {
             by_tenth.push(rss);
@@ -394,7 +412,7 @@ async fn fold_run(
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let secs = t.elapsed().as_secs_f64();
-    peak_rss_kb = peak_rss_kb.max(hwm_kb(pid));
+    peak_rss_kb = peak_rss_kb.max(hwm_kb(&pids));
     eprintln!(
         "ingest RSS at each tenth folded (MiB): {}",
         by_tenth
@@ -405,23 +423,27 @@ async fn fold_run(
     );
     let folding_rss_kb = peak_rss_kb;
     let cpu = Cpu {
-        ingest: cpu_secs(pid),
+        ingest: pids.iter().map(|&p| cpu_secs(p)).sum(),
         redis: cpu_secs(redis_pid) - redis0,
         broker: cpu_secs(broker_pid) - broker0,
     };
     // The peak counts the shutdown too (each partition folds its last
     // batch): VmHWM is read until the process is gone.
-    ingest.signal("TERM")?;
+    for ingest in &mut ingests {
+        ingest.signal("TERM")?;
+    }
     let stop = Instant::now();
     while stop.elapsed() < Duration::from_secs(10) {
-        let hwm = hwm_kb(pid);
+        let hwm = hwm_kb(&pids);
         if hwm == 0 {
             break;
         }
         peak_rss_kb = peak_rss_kb.max(hwm);
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
-    ingest.wait(Duration::from_secs(10));
+    for ingest in &mut ingests {
+        ingest.wait(Duration::from_secs(10));
+    }
     if peak_rss_kb > folding_rss_kb {
         eprintln!(
             "ingest peak RSS {:.1} MiB while folding, {:.1} MiB with its shutdown",
