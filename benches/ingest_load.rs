@@ -19,7 +19,9 @@
 //! of the fold, and `FOLDCACHE_BENCH_LOG=info` keeps ingest's log (under
 //! target/test-logs) to see where the time to ready goes.
 //! `FOLDCACHE_BENCH_INSTANCES=N` folds with N ingest processes in one
-//! consumer group (their RSS and CPU summed).
+//! consumer group (their RSS and CPU summed); `FOLDCACHE_BENCH_DRAINERS=N`
+//! also drains the topic with N consumers at once (the baseline for N
+//! instances).
 
 #[path = "support/commandstats.rs"]
 mod commandstats;
@@ -115,6 +117,20 @@ async fn main() -> Result<()> {
     let (drain_secs, drained_bytes) =
         tokio::task::spawn_blocking(move || drain(&bootstrap, &topic_c, produced)).await??;
     let drain_broker_cpu = cpu_secs(broker.pid().context("broker pid")?) - broker_cpu0;
+    // `FOLDCACHE_BENCH_DRAINERS=N`: the same read by N consumers at once
+    // (partitions shared out), each with its own fetch in flight: the
+    // broker's pace when it is asked in parallel, as N ingest instances ask.
+    if let Some(n) = std::env::var("FOLDCACHE_BENCH_DRAINERS")
+        .ok()
+        .and_then(|v| v.parse::<i32>().ok())
+        .filter(|n| *n > 1)
+    {
+        let bootstrap = broker.bootstrap();
+        let topic_c = topic.clone();
+        let secs =
+            tokio::task::spawn_blocking(move || drain_parallel(&bootstrap, &topic_c, n)).await??;
+        eprintln!("{n} plain consumers drained the topic in {secs:.2} s");
+    }
     // What the broker spends serving a bare reader, beside what it spends
     // serving ingest (each fold row's CPU seconds).
     eprintln!("plain drain: broker CPU {drain_broker_cpu:.1} s over {drain_secs:.1} s");
@@ -463,6 +479,46 @@ async fn fold_run(
         cpu,
         fold_calls,
     })
+}
+
+/// Seconds for `n` consumers, each assigned every `n`-th partition, to
+/// read the topic to its end together.
+fn drain_parallel(bootstrap: &str, topic: &str, n: i32) -> Result<f64> {
+    let t = Instant::now();
+    let readers: Vec<_> = (0..n)
+        .map(|k| {
+            let (bootstrap, topic) = (bootstrap.to_owned(), topic.to_owned());
+            std::thread::spawn(move || -> Result<()> {
+                let consumer: BaseConsumer = ClientConfig::new()
+                    .set("bootstrap.servers", &bootstrap)
+                    .set("group.id", unique("drain"))
+                    .set("enable.auto.commit", "false")
+                    .set("enable.partition.eof", "true")
+                    .create()?;
+                let mut tpl = TopicPartitionList::new();
+                let mine: Vec<i32> = (0..PARTITIONS).filter(|p| p % n == k).collect();
+                for p in &mine {
+                    tpl.add_partition_offset(&topic, *p, Offset::Beginning)?;
+                }
+                consumer.assign(&tpl)?;
+                let mut ended = 0;
+                while ended < mine.len() {
+                    match consumer.poll(Duration::from_secs(10)) {
+                        Some(Ok(_)) => {}
+                        Some(Err(rdkafka::error::KafkaError::PartitionEOF(_))) => ended += 1,
+                        Some(Err(e)) => anyhow::bail!("drain: {e}"),
+                        None => anyhow::bail!("drain stalled"),
+                    }
+                }
+                Ok(())
+            })
+        })
+        .collect();
+    for r in readers {
+        r.join()
+            .map_err(|_| anyhow::anyhow!("a drain thread panicked"))??;
+    }
+    Ok(t.elapsed().as_secs_f64())
 }
 
 /// Seconds to drain `expect` records, and their value bytes.
