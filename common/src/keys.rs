@@ -185,12 +185,12 @@ impl KeySpace {
         k
     }
 
-    /// A unique index (one hash per index): encoded value → the ids that
-    /// hold it, sorted by bytes, `\n`-separated (normally one). One field
-    /// per value instead of one sorted set per value: a million e-mail
-    /// addresses are a million fields of one key, not a million keys. The
-    /// fold script derives it from [`KeySpace::index_prefix`] (`_ix:` →
-    /// `_uix:`).
+    /// A unique index (one hash per index): encoded value → its first
+    /// holder's id; the holders after it (conflicts) wait in the value's
+    /// [`KeySpace::index`] sorted set. One field per value instead of one
+    /// sorted set per value: a million e-mail addresses are a million
+    /// fields of one key, not a million keys. The fold script derives it
+    /// from [`KeySpace::index_prefix`] (`_ix:` → `_uix:`).
     pub fn unique_index(&self, generation: u64, entity: &EntityName, index: &str) -> String {
         format!("{}:g{generation}:{{{entity}}}:_uix:{index}", self.prefix)
     }

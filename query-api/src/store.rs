@@ -506,34 +506,37 @@ impl Store {
         limit: usize,
     ) -> redis::RedisResult<Page> {
         let start = after.map_or_else(|| "-".to_owned(), |id| format!("({id}"));
-        let mut inv = match source {
-            PageSource::All => PAGE_SCRIPT.key(self.keys.ids(generation, entity)),
+        // A unique index's value: its hash, and the field that names it.
+        let (mut inv, field) = match source {
+            PageSource::All => (PAGE_SCRIPT.key(self.keys.ids(generation, entity)), None),
             PageSource::Index {
                 index,
                 value,
                 unique: false,
-            } => PAGE_SCRIPT.key(self.keys.index(generation, entity, index, value)),
+            } => (
+                PAGE_SCRIPT.key(self.keys.index(generation, entity, index, value)),
+                None,
+            ),
             PageSource::Index {
                 index,
                 value,
                 unique: true,
-            } => {
-                let mut inv =
-                    PAGE_UNIQUE_SCRIPT.key(self.keys.unique_index(generation, entity, index));
-                inv.key(self.keys.index(generation, entity, index, value));
-                inv
-            }
+            } => (
+                PAGE_UNIQUE_SCRIPT.key(self.keys.unique_index(generation, entity, index)),
+                Some((
+                    self.keys.index(generation, entity, index, value),
+                    foldcache_common::index::encode_value(value),
+                )),
+            ),
         };
+        if let Some((set, _)) = &field {
+            inv.key(set);
+        }
         inv.arg(start)
             .arg(limit)
             .arg(self.keys.entity_prefix(generation, entity));
-        if let PageSource::Index {
-            value,
-            unique: true,
-            ..
-        } = source
-        {
-            inv.arg(foldcache_common::index::encode_value(value));
+        if let Some((_, encoded)) = &field {
+            inv.arg(encoded);
         }
         let (ids, hashes): (Vec<String>, Vec<Vec<(String, String)>>) = inv
             .invoke_async(&mut self.con.clone())

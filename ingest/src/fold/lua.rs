@@ -98,16 +98,20 @@ local up, del, skip = 0, 0, 0
 -- value whenever the set does, but for sets of an older ingest: an id
 -- that takes an empty field meets no other holder.
 local uprefix = string.sub(ARGV[7], 1, -5) .. '_uix:'
-local function unique_add(e, id)
+local function is_unique(e) return unique[string.match(e, '^[^:]+')] end
+-- An entry's unique index hash and its field there.
+local function unique_slot(e)
   local name = string.match(e, '^[^:]+')
-  local k, v = uprefix .. name, string.sub(e, #name + 2)
+  return uprefix .. name, string.sub(e, #name + 2)
+end
+local function unique_add(e, id)
+  local k, v = unique_slot(e)
   if redis.call('HSETNX', k, v, id) == 1 then return end
   if redis.call('HGET', k, v) == id then return end
   conflicts = conflicts + redis.call('ZADD', ARGV[7] .. e, 0, id)
 end
 local function unique_rem(e, id)
-  local name = string.match(e, '^[^:]+')
-  local k, v = uprefix .. name, string.sub(e, #name + 2)
+  local k, v = unique_slot(e)
   if redis.call('HGET', k, v) == id then
     local next = redis.call('ZPOPMIN', ARGV[7] .. e)
     if next[1] then redis.call('HSET', k, v, next[1]) else redis.call('HDEL', k, v) end
@@ -239,14 +243,14 @@ for i = 5, #KEYS, 2 do
   c = c + 7
 end
 for e, ids in pairs(rem) do
-  if unique[string.match(e, '^[^:]+')] then
+  if is_unique(e) then
     for _, id in ipairs(ids) do unique_rem(e, id) end
   else
     zcall('ZREM', ARGV[7] .. e, ids)
   end
 end
 for _, e in ipairs(addorder) do
-  if unique[string.match(e, '^[^:]+')] then
+  if is_unique(e) then
     -- Every id that enters finds another one there, but the first into
     -- an empty entry.
     local q = add[e]
@@ -291,7 +295,7 @@ end
 local function reindex(id, old, new)
   for e in pairs(old) do
     if not new[e] then
-      if unique[string.match(e, '^[^:]+')] then
+      if is_unique(e) then
         unique_rem(e, id)
       else
         redis.call('ZREM', ARGV[7] .. e, id)
@@ -300,7 +304,7 @@ local function reindex(id, old, new)
   end
   for e in pairs(new) do
     if not old[e] then
-      if unique[string.match(e, '^[^:]+')] then
+      if is_unique(e) then
         unique_add(e, id)
       else
         redis.call('ZADD', ARGV[7] .. e, 0, id)
