@@ -255,6 +255,51 @@ grants = { employees = "full" }
     Ok(())
 }
 
+/// `ingest.consumers = 2`: each generation's two consumers share out its
+/// partitions (both log assignments), and a rebuild read through them is
+/// as exact: no 404, no step back, every key at its last version.
+#[tokio::test(flavor = "multi_thread")]
+async fn two_consumers_per_generation_share_the_partitions_and_rebuild_exactly() -> Result<()> {
+    let stack = Arc::new(Stack::start(4, "").await?);
+    let ingest = stack.spawn_ingest_with(&[
+        ("FOLDCACHE__INGEST__CONSUMERS", "2"),
+        ("FOLDCACHE__INGEST__REBUILD_RETIRE_GRACE_MS", "1500"),
+    ])?;
+    let _api = stack.spawn_query_api()?;
+    let (stop, w) = start_writing(&stack).await?;
+    let r = tokio::spawn(reader(stack.base_url(), stop.clone(), false));
+
+    let stdout = stack.rebuild().await?;
+    assert!(stdout.contains("rebuild complete"), "{stdout}");
+    let mut con = stack.redis.connection().await?;
+    assert_eq!(live_gen(&mut con).await?, 2);
+
+    stop.store(true, Ordering::Relaxed);
+    let last = w.await??;
+    let (reads, unavailable) = r.await??;
+    assert!(reads > 100, "the reader kept reading ({reads})");
+    assert_eq!(unavailable, 0);
+    assert_final(&stack, &last).await?;
+
+    let log = std::fs::read_to_string(ingest.log_path())?;
+    let assigned = |generation: u64, consumer: usize| {
+        log.lines()
+            .filter(|l| l.contains("partition assigned"))
+            .filter(|l| l.contains(&format!("generation={generation} ")))
+            .filter(|l| l.contains(&format!("consumer={consumer}")))
+            .count()
+    };
+    for generation in [1, 2] {
+        for consumer in [0, 1] {
+            assert!(
+                assigned(generation, consumer) > 0,
+                "generation {generation}: consumer {consumer} was assigned no partition"
+            );
+        }
+    }
+    Ok(())
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn redis_flush_and_restart_while_writing_give_503_never_404_then_the_reference() -> Result<()>
 {

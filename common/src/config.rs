@@ -196,6 +196,12 @@ pub struct IngestConfig {
     /// Longest pause between two retries of a transient failure (Redis or
     /// broker unreachable); retries back off exponentially with jitter.
     pub retry_max_backoff_ms: u64,
+    /// Kafka consumers per generation in this process, members of the
+    /// same group that share out its partitions: each keeps a fetch in
+    /// flight, so a replay reads that many times in parallel from a
+    /// broker that leads every partition (one consumer's fetches to one
+    /// broker are serial).
+    pub consumers: usize,
 }
 
 /// A purge hook: after each fold, ingest sends `method url` with the changed
@@ -602,6 +608,7 @@ impl Default for Config {
                 max_members: 0,
                 drain_timeout_ms: 10_000,
                 retry_max_backoff_ms: 5_000,
+                consumers: 1,
             },
             http: HttpConfig {
                 listen: ([127, 0, 0, 1], 8080).into(),

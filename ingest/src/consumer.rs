@@ -140,7 +140,15 @@ pub async fn run(
     let views = FetchViews::default();
     let statuses = Statuses::default();
     lock(&deps.all_statuses).insert(generation, statuses.clone());
-    let consumer = create_consumer(deps, generation, views.clone(), own_tx, drain)?;
+    // `ingest.consumers` members of the generation's group share out its
+    // partitions; each partition task reads through the one that owns it.
+    let consumers = (0..config.ingest.consumers)
+        .map(|member| {
+            let own = own_tx.clone();
+            create_consumer(deps, generation, member, views.clone(), own, drain)
+        })
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    drop(own_tx);
     let pipeline = Arc::new(Pipeline {
         epoch: epoch.to_owned(),
         generation,
@@ -169,7 +177,9 @@ pub async fn run(
     });
     let (stray_tx, mut stray_rx) = mpsc::channel::<()>(1);
     let poller_stop = CancellationToken::new();
-    spawn_poller(consumer.clone(), poller_stop.clone(), stray_tx);
+    for consumer in &consumers {
+        spawn_poller(consumer.clone(), poller_stop.clone(), stray_tx.clone());
+    }
 
     let (role_tx, role_rx) = watch::channel(role);
     let mut jobs: JoinSet<Exit> = JoinSet::new();
@@ -204,7 +214,7 @@ pub async fn run(
         retire_grace_ms: config.ingest.rebuild_retire_grace_ms,
         ready: deps.ready.clone(),
     };
-    let (c, k, r) = (con.clone(), consumer.clone(), role_rx.clone());
+    let (c, k, r) = (con.clone(), consumers[0].clone(), role_rx.clone());
     jobs.spawn(async move {
         readiness.run(c, k, r).await;
         Exit::EpochLost
@@ -233,7 +243,7 @@ pub async fn run(
                         }
                         let stop = cancel.child_token();
                         let task = PartitionTask::new(
-                            a.tp.clone(), source, consumer.clone(), pipeline.clone(),
+                            a.tp.clone(), source, a.consumer, pipeline.clone(),
                             con.clone(), stop.clone(), a.start,
                         );
                         let (tp, queue) = (a.tp.clone(), a.queue);
@@ -277,10 +287,12 @@ pub async fn run(
     // Nothing more is read: librdkafka stops fetching for the partitions
     // (its queues would otherwise go on filling, up to their bound, while
     // the last batches are folded).
-    if let Ok(assigned) = consumer.assignment()
-        && let Err(e) = consumer.pause(&assigned)
-    {
-        tracing::debug!(error = %e, "pausing the partitions before the drain failed");
+    for consumer in &consumers {
+        if let Ok(assigned) = consumer.assignment()
+            && let Err(e) = consumer.pause(&assigned)
+        {
+            tracing::debug!(error = %e, "pausing the partitions before the drain failed");
+        }
     }
     for r in running.values() {
         if keep {
@@ -298,14 +310,21 @@ pub async fn run(
     }
     drain_tasks(&mut tasks, &mut running, &statuses, None, drain).await;
     jobs.abort_all();
-    consumer.context().close();
+    for consumer in &consumers {
+        consumer.context().close();
+    }
     poller_stop.cancel();
-    if keep && let Err(e) = consumer.commit_consumer_state(rdkafka::consumer::CommitMode::Async) {
-        tracing::debug!(error = %e, "final offset commit (mirror) failed");
+    for consumer in &consumers {
+        if keep && let Err(e) = consumer.commit_consumer_state(rdkafka::consumer::CommitMode::Async)
+        {
+            tracing::debug!(error = %e, "final offset commit (mirror) failed");
+        }
     }
     drop(pipeline);
+    // Assignments never taken up hold their consumer too.
+    drop(own_rx);
     lock(&deps.all_statuses).remove(&generation);
-    close(consumer).await;
+    futures::future::join_all(consumers.into_iter().map(close)).await;
     Ok(exit)
 }
 
@@ -335,6 +354,7 @@ async fn close(consumer: Arc<KafkaConsumer>) {
 fn create_consumer(
     deps: &Deps,
     generation: u64,
+    member: usize,
     views: FetchViews,
     ownership: mpsc::UnboundedSender<Ownership>,
     drain: Duration,
@@ -342,6 +362,7 @@ fn create_consumer(
     let config = &deps.config;
     let ctx = IngestContext::new(
         generation,
+        member,
         config.ingest.resume,
         deps.state.clone(),
         deps.redis.clone(),

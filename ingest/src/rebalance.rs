@@ -26,8 +26,9 @@ use rdkafka::consumer::{
 use rdkafka::statistics::Statistics;
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 use rdkafka::types::RDKafkaRespErr;
+use std::collections::HashSet;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{OnceLock, Weak};
+use std::sync::{Arc, Mutex, OnceLock, Weak};
 use std::time::Duration;
 use tokio::sync::mpsc;
 
@@ -41,6 +42,8 @@ pub type PartitionQueue = StreamPartitionQueue<IngestContext>;
 pub struct Assigned {
     /// Which.
     pub tp: Tp,
+    /// The consumer that owns it (one of the generation's).
+    pub consumer: Arc<KafkaConsumer>,
     /// Its fetch queue, split off the main queue.
     pub queue: PartitionQueue,
     /// Next offset to fold, as stored in Redis (0 if none).
@@ -69,12 +72,16 @@ pub enum Ownership {
 #[derive(Debug)]
 pub struct IngestContext {
     generation: u64,
+    /// Which of the generation's consumers (`ingest.consumers`), from 0.
+    member: usize,
     resume: ResumeMode,
     state: StateStore,
     redis: redis::Client,
     views: FetchViews,
     ownership: mpsc::UnboundedSender<Ownership>,
     consumer: OnceLock<Weak<KafkaConsumer>>,
+    /// The partitions assigned to this consumer.
+    owned: Mutex<HashSet<Tp>>,
     /// Set once the loop stopped listening: rebalances then apply at once.
     closing: AtomicBool,
     drain_timeout: Duration,
@@ -85,6 +92,7 @@ impl IngestContext {
     #[allow(clippy::too_many_arguments)]
     pub fn new(
         generation: u64,
+        member: usize,
         resume: ResumeMode,
         state: StateStore,
         redis: redis::Client,
@@ -94,12 +102,14 @@ impl IngestContext {
     ) -> Self {
         Self {
             generation,
+            member,
             resume,
             state,
             redis,
             views,
             ownership,
             consumer: OnceLock::new(),
+            owned: Mutex::default(),
             closing: AtomicBool::new(false),
             drain_timeout,
         }
@@ -150,6 +160,7 @@ impl IngestContext {
             tracing::error!(error = %e, generation = self.generation, "applying an assignment failed");
             return;
         }
+        lock(&self.owned).extend(elements.iter().cloned());
         // Split right after the assignment (an assignment resets split
         // queues), before this thread polls the main queue again.
         let Some(consumer) = self.consumer.get().and_then(Weak::upgrade) else {
@@ -160,9 +171,10 @@ impl IngestContext {
             match consumer.split_partition_queue(&t, p) {
                 Some(queue) => {
                     tracing::info!(topic = %t, partition = p, offset = s.unwrap_or(0),
-                        generation = self.generation, "partition assigned");
+                        generation = self.generation, consumer = self.member, "partition assigned");
                     assigned.push(Assigned {
                         tp: (t, p),
+                        consumer: consumer.clone(),
                         queue,
                         start: s.unwrap_or(0),
                     });
@@ -198,7 +210,14 @@ impl IngestContext {
             }
         }
         for (t, p) in &tps {
-            tracing::info!(topic = %t, partition = p, generation = self.generation, "partition revoked");
+            tracing::info!(topic = %t, partition = p, generation = self.generation,
+                consumer = self.member, "partition revoked");
+        }
+        {
+            let mut owned = lock(&self.owned);
+            for tp in &tps {
+                owned.remove(tp);
+            }
         }
         let applied = match base.rebalance_protocol() {
             RebalanceProtocol::Cooperative => base.incremental_unassign(tpl),
@@ -228,14 +247,22 @@ impl IngestContext {
 impl ClientContext for IngestContext {
     fn stats(&self, stats: Statistics) {
         let at_ms = now_ms();
+        let owned = lock(&self.owned).clone();
         let mut views = lock(&self.views);
         for (topic, t) in &stats.topics {
             for (p, s) in &t.partitions {
                 if *p < 0 || s.hi_offset < 0 {
                     continue;
                 }
+                // Only the partitions this consumer owns: a generation's
+                // other consumers report theirs, and librdkafka goes on
+                // reporting a revoked one's last figures.
+                let tp = (topic.clone(), *p);
+                if !owned.contains(&tp) {
+                    continue;
+                }
                 views.insert(
-                    (topic.clone(), *p),
+                    tp,
                     FetchView {
                         hi: s.hi_offset,
                         app_offset: s.app_offset,
@@ -259,6 +286,7 @@ impl ConsumerContext for IngestContext {
             RDKafkaRespErr::RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS => self.revoke(base, tpl),
             other => {
                 tracing::error!(error = ?other, generation = self.generation, "rebalance error");
+                lock(&self.owned).clear();
                 let _ = base.unassign();
             }
         }

@@ -29,6 +29,9 @@ const MAX_TTL_SECS: u64 = 10 * 365 * 24 * 3600;
 const MAX_VALUE_BYTES: usize = 512 << 20;
 /// The smallest `ingest.unfolded_max_bytes`.
 const MIN_UNFOLDED_BYTES: usize = 1 << 20;
+/// Most Kafka consumers per generation (each a group member with its own
+/// connections and threads).
+const MAX_CONSUMERS: usize = 64;
 /// Longest `Retry-After`: a cold cache warms up in minutes, and a client
 /// told to wait longer stops asking long after the cache is back.
 const MAX_RETRY_AFTER_SECS: u64 = 3600;
@@ -298,6 +301,16 @@ fn ingest(c: &Config) -> Result<(), ConfigError> {
             "ingest.retry_max_backoff_ms",
             i.retry_max_backoff_ms,
             "must be at least 50: retries would hammer an unreachable Redis or broker",
+        ));
+    }
+    if !(1..=MAX_CONSUMERS).contains(&i.consumers) {
+        return Err(reject(
+            "ingest.consumers",
+            i.consumers,
+            format!(
+                "must be between 1 and {MAX_CONSUMERS}: at least one reads the sources, \
+                 and each is a group member with connections and threads of its own"
+            ),
         ));
     }
     if i.heartbeat_interval_ms == 0 {
@@ -1097,6 +1110,16 @@ mod tests {
             |c| c.ingest.retry_max_backoff_ms = 0,
             "ingest.retry_max_backoff_ms = 0",
             "50",
+        );
+        assert_refused(
+            |c| c.ingest.consumers = 0,
+            "ingest.consumers = 0",
+            "between 1 and 64",
+        );
+        assert_refused(
+            |c| c.ingest.consumers = 65,
+            "ingest.consumers = 65",
+            "between 1 and 64",
         );
     }
 
