@@ -18,6 +18,7 @@ use foldcache_common::runtime::now_ms;
 use foldcache_common::state::assemble_body;
 use redis::aio::ConnectionManager;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 use tokio::sync::watch;
 
@@ -71,6 +72,12 @@ pub struct Store {
     con: ConnectionManager,
     view: watch::Receiver<CacheView>,
     view_tx: watch::Sender<CacheView>,
+    /// Failed reads so far ([`Store::distrust`]). A read that began before
+    /// one is not answered from what it got: the connection manager may
+    /// have reconnected it meanwhile to another Redis (restarted from an
+    /// older snapshot, a lagging replica) that the marker was never
+    /// verified on.
+    distrusts: Arc<AtomicU64>,
 }
 
 impl std::fmt::Debug for Store {
@@ -93,6 +100,7 @@ impl Store {
             con,
             view,
             view_tx,
+            distrusts: Arc::default(),
         };
         store.refresh().await?;
         Ok(store)
@@ -112,6 +120,7 @@ impl Store {
 
     /// Re-reads the cache marker and the ingest instances' heartbeats.
     pub async fn refresh(&self) -> redis::RedisResult<CacheView> {
+        let mark = self.mark();
         type Marker = (Option<String>, Option<u64>, Option<String>, Option<String>);
         let ((epoch, gen_, ready, verified_on), beats, info): (
             Marker,
@@ -142,7 +151,12 @@ impl Store {
             present: epoch.is_some(),
             epoch_tag: epoch.as_deref().map(epoch_tag).unwrap_or_default(),
             live_gen: gen_.unwrap_or(0),
-            ready: epoch.is_some() && ready.as_deref() == Some("1") && verified,
+            // A read failed while this one was under way: what it got may
+            // be the Redis that failed; the next refresh decides.
+            ready: epoch.is_some()
+                && ready.as_deref() == Some("1")
+                && verified
+                && self.unchanged_since(mark),
             fresh_ms: InstanceBeat::pipeline_fresh_ms(&beats, now_ms()),
         };
         self.view_tx.send_if_modified(|v| {
@@ -170,6 +184,26 @@ impl Store {
             v.ready = false;
             changed
         });
+        self.distrusts.fetch_add(1, Ordering::SeqCst);
+    }
+
+    /// Taken before a read's readiness check; see [`Store::unchanged_since`].
+    fn mark(&self) -> u64 {
+        self.distrusts.load(Ordering::SeqCst)
+    }
+
+    /// Whether no read failed since `mark`: what a read begun then got
+    /// comes from the Redis the marker was verified on.
+    fn unchanged_since(&self, mark: u64) -> bool {
+        self.distrusts.load(Ordering::SeqCst) == mark
+    }
+
+    /// The error a read begun before a failed one answers with.
+    fn superseded() -> redis::RedisError {
+        redis::RedisError::from((
+            redis::ErrorKind::Io,
+            "the Redis connection failed during the read",
+        ))
     }
 
     /// Polls the marker every `every` until the task is dropped.
@@ -224,6 +258,7 @@ impl Store {
     ) -> redis::RedisResult<Lookup> {
         // Only the generation is read on a hit: the marker is cloned (its
         // strings with it) only for a Redis read.
+        let mark = self.mark();
         let live_gen = {
             let state = self.view.borrow();
             if !state.serves(max_staleness_ms) {
@@ -240,7 +275,14 @@ impl Store {
         let read = self
             .read(&key, live_gen, entity, max_staleness_ms, view)
             .await
-            .inspect_err(|_| self.distrust());
+            .inspect_err(|_| self.distrust())
+            .map(|r| {
+                if self.unchanged_since(mark) {
+                    r
+                } else {
+                    Lookup::NotReady
+                }
+            });
         if let (Some(cache), Some(ticket)) = (&self.local, ticket) {
             match &read {
                 Ok(Lookup::Found(e)) => cache.complete(ticket, e.clone()),
@@ -294,6 +336,7 @@ impl Store {
         max_staleness_ms: Option<i64>,
         view: &View,
     ) -> redis::RedisResult<Option<Vec<Option<Entity>>>> {
+        let mark = self.mark();
         let state = self.view();
         if !state.ready || stale(&state, max_staleness_ms) {
             return Ok(None);
@@ -307,6 +350,9 @@ impl Store {
             .query_async(&mut self.con.clone())
             .await
             .inspect_err(|_| self.distrust())?;
+        if !self.unchanged_since(mark) {
+            return Ok(None);
+        }
         if hashes.iter().any(Vec::is_empty) {
             let now = self.refresh().await?;
             if !now.ready || now.live_gen != state.live_gen || stale(&now, max_staleness_ms) {
@@ -505,6 +551,7 @@ impl Store {
         after: Option<&EntityId>,
         limit: usize,
     ) -> redis::RedisResult<Page> {
+        let mark = self.mark();
         let start = after.map_or_else(|| "-".to_owned(), |id| format!("({id}"));
         // A unique index's value: its hash, and the field that names it.
         let (mut inv, field) = match source {
@@ -542,6 +589,9 @@ impl Store {
             .invoke_async(&mut self.con.clone())
             .await
             .inspect_err(|_| self.distrust())?;
+        if !self.unchanged_since(mark) {
+            return Err(Self::superseded());
+        }
         let more = ids.len() > limit;
         let mut items = Vec::with_capacity(limit.min(ids.len()));
         let mut last = None;
@@ -579,6 +629,7 @@ impl Store {
         after: StreamPos,
         limit: usize,
     ) -> redis::RedisResult<ChangesRead> {
+        let mark = self.mark();
         type Raw = (
             String,
             String,
@@ -593,6 +644,9 @@ impl Store {
             .invoke_async(&mut self.con.clone())
             .await
             .inspect_err(|_| self.distrust())?;
+        if !self.unchanged_since(mark) {
+            return Err(Self::superseded());
+        }
         let mut out = Vec::with_capacity(entries.len());
         for ((pos, fields), state) in entries.into_iter().zip(states) {
             let Some(pos) = StreamPos::parse(&pos) else {
@@ -641,13 +695,21 @@ impl Store {
         max_staleness_ms: Option<i64>,
         view: &View,
     ) -> redis::RedisResult<Lookup> {
+        let mark = self.mark();
         let state = self.view();
         if !state.serves(max_staleness_ms) {
             return Ok(Lookup::NotReady);
         }
         let key = self.keys.entity(state.live_gen, entity, id);
-        self.read(&key, state.live_gen, entity, max_staleness_ms, view)
+        let read = self
+            .read(&key, state.live_gen, entity, max_staleness_ms, view)
             .await
+            .inspect_err(|_| self.distrust())?;
+        Ok(if self.unchanged_since(mark) {
+            read
+        } else {
+            Lookup::NotReady
+        })
     }
 
     /// Re-reads the marker: whether `generation` is still live and served.
