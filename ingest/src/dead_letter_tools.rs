@@ -32,8 +32,8 @@ use base64::Engine as _;
 use foldcache_common::config::Config;
 use foldcache_common::keys::{KeySpace, META_SOURCE, state_field};
 use rdkafka::ClientConfig;
-use rdkafka::consumer::{BaseConsumer, Consumer as _};
-use rdkafka::error::KafkaError;
+use rdkafka::consumer::{BaseConsumer, Consumer as _, ConsumerContext};
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Header, Headers as _, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::{Offset, TopicPartitionList};
@@ -321,8 +321,31 @@ impl Summary {
     }
 }
 
+/// The dead-letter readers' librdkafka context: the end of a partition is
+/// how they know they have read it all (`enable.partition.eof`), which
+/// librdkafka also reports as a global error (logged at ERROR by default,
+/// once per console start for an empty topic); any other error is logged
+/// as before.
+#[derive(Debug, Default)]
+struct ReaderContext;
+
+impl rdkafka::ClientContext for ReaderContext {
+    fn error(&self, error: KafkaError, reason: &str) {
+        if matches!(error, KafkaError::Global(RDKafkaErrorCode::PartitionEOF)) {
+            tracing::debug!(reason, "dead-letter reader: end of a partition");
+        } else {
+            tracing::error!(%error, reason, "librdkafka error (dead-letter reader)");
+        }
+    }
+}
+
+impl ConsumerContext for ReaderContext {}
+
+/// A consumer of the dead-letter topic.
+type Reader = BaseConsumer<ReaderContext>;
+
 /// A consumer of the dead-letter topic that commits nothing.
-fn reader(config: &Config, eof: bool) -> anyhow::Result<BaseConsumer> {
+fn reader(config: &Config, eof: bool) -> anyhow::Result<Reader> {
     let mut cc: ClientConfig = kafka_client_config(config);
     cc.set(
         "group.id",
@@ -334,12 +357,12 @@ fn reader(config: &Config, eof: bool) -> anyhow::Result<BaseConsumer> {
     .set("enable.partition.eof", if eof { "true" } else { "false" })
     .set("isolation.level", "read_committed")
     .set("allow.auto.create.topics", "false");
-    cc.create()
+    cc.create_with_context(ReaderContext)
         .map_err(|e| anyhow::anyhow!("creating a Kafka consumer: {e}"))
 }
 
 /// The dead-letter topic's partitions, from broker metadata.
-fn partitions(consumer: &BaseConsumer, topic: &str) -> anyhow::Result<Vec<i32>> {
+fn partitions(consumer: &Reader, topic: &str) -> anyhow::Result<Vec<i32>> {
     let md = consumer
         .fetch_metadata(Some(topic), Duration::from_secs(30))
         .map_err(|e| anyhow::anyhow!("reading broker metadata for {topic:?}: {e}"))?;
@@ -356,7 +379,7 @@ fn partitions(consumer: &BaseConsumer, topic: &str) -> anyhow::Result<Vec<i32>> 
     Ok(parts)
 }
 
-fn assign_from_start(consumer: &BaseConsumer, topic: &str, parts: &[i32]) -> anyhow::Result<()> {
+fn assign_from_start(consumer: &Reader, topic: &str, parts: &[i32]) -> anyhow::Result<()> {
     let mut tpl = TopicPartitionList::new();
     for p in parts {
         tpl.add_partition_offset(topic, *p, Offset::Beginning)
