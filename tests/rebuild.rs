@@ -101,6 +101,22 @@ async fn start_writing(
     Ok((stop, w))
 }
 
+/// Stops the writer and the reader; the reader kept reading and was never
+/// answered 503, and every key ends at the writer's last version.
+async fn stop_and_check(
+    stack: &Stack,
+    stop: &AtomicBool,
+    w: tokio::task::JoinHandle<Result<HashMap<String, u64>>>,
+    r: tokio::task::JoinHandle<Result<(u64, u64)>>,
+) -> Result<()> {
+    stop.store(true, Ordering::Relaxed);
+    let last = w.await??;
+    let (reads, unavailable) = r.await??;
+    assert!(reads > 100, "the reader kept reading ({reads})");
+    assert_eq!(unavailable, 0);
+    assert_final(stack, &last).await
+}
+
 async fn live_gen(con: &mut redis::aio::MultiplexedConnection) -> Result<u64> {
     Ok(con
         .hget::<_, _, Option<u64>>("fc:state", "live_gen")
@@ -226,12 +242,7 @@ grants = { employees = "full" }
     assert!(stdout.contains("rebuild complete"), "{stdout}");
     assert_eq!(live_gen(&mut con).await?, 3);
 
-    stop.store(true, Ordering::Relaxed);
-    let last = w.await??;
-    let (reads, unavailable) = r.await??;
-    assert!(reads > 100, "the reader kept reading ({reads})");
-    assert_eq!(unavailable, 0);
-    assert_final(&stack, &last).await?;
+    stop_and_check(&stack, &stop, w, r).await?;
 
     // The audit log: who, what, outcome (the line's timestamp is when);
     // the refusals too; never a token.
@@ -274,12 +285,7 @@ async fn two_consumers_per_generation_share_the_partitions_and_rebuild_exactly()
     let mut con = stack.redis.connection().await?;
     assert_eq!(live_gen(&mut con).await?, 2);
 
-    stop.store(true, Ordering::Relaxed);
-    let last = w.await??;
-    let (reads, unavailable) = r.await??;
-    assert!(reads > 100, "the reader kept reading ({reads})");
-    assert_eq!(unavailable, 0);
-    assert_final(&stack, &last).await?;
+    stop_and_check(&stack, &stop, w, r).await?;
 
     let log = std::fs::read_to_string(ingest.log_path())?;
     let assigned = |generation: u64, consumer: usize| {

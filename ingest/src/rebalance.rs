@@ -247,7 +247,7 @@ impl IngestContext {
 impl ClientContext for IngestContext {
     fn stats(&self, stats: Statistics) {
         let at_ms = now_ms();
-        let owned = lock(&self.owned).clone();
+        let owned = lock(&self.owned);
         let mut views = lock(&self.views);
         for (topic, t) in &stats.topics {
             for (p, s) in &t.partitions {

@@ -198,6 +198,18 @@ impl Store {
         self.distrusts.load(Ordering::SeqCst) == mark
     }
 
+    /// Awaits `read`, begun at `mark`: a failure distrusts the marker, and
+    /// `None` says another read failed meanwhile (what this one got may come
+    /// from a Redis the marker was never verified on).
+    async fn guarded<T>(
+        &self,
+        mark: u64,
+        read: impl Future<Output = redis::RedisResult<T>>,
+    ) -> redis::RedisResult<Option<T>> {
+        let got = read.await.inspect_err(|_| self.distrust())?;
+        Ok(self.unchanged_since(mark).then_some(got))
+    }
+
     /// The error a read begun before a failed one answers with.
     fn superseded() -> redis::RedisError {
         redis::RedisError::from((
@@ -273,16 +285,12 @@ impl Store {
             None => None,
         };
         let read = self
-            .read(&key, live_gen, entity, max_staleness_ms, view)
+            .guarded(
+                mark,
+                self.read(&key, live_gen, entity, max_staleness_ms, view),
+            )
             .await
-            .inspect_err(|_| self.distrust())
-            .map(|r| {
-                if self.unchanged_since(mark) {
-                    r
-                } else {
-                    Lookup::NotReady
-                }
-            });
+            .map(|r| r.unwrap_or(Lookup::NotReady));
         if let (Some(cache), Some(ticket)) = (&self.local, ticket) {
             match &read {
                 Ok(Lookup::Found(e)) => cache.complete(ticket, e.clone()),
@@ -346,13 +354,11 @@ impl Store {
             pipe.cmd("HGETALL")
                 .arg(self.keys.entity(state.live_gen, entity, id));
         }
-        let hashes: Vec<Vec<(String, String)>> = pipe
-            .query_async(&mut self.con.clone())
-            .await
-            .inspect_err(|_| self.distrust())?;
-        if !self.unchanged_since(mark) {
+        let mut con = self.con.clone();
+        let read = pipe.query_async::<Vec<Vec<(String, String)>>>(&mut con);
+        let Some(hashes) = self.guarded(mark, read).await? else {
             return Ok(None);
-        }
+        };
         if hashes.iter().any(Vec::is_empty) {
             let now = self.refresh().await?;
             if !now.ready || now.live_gen != state.live_gen || stale(&now, max_staleness_ms) {
@@ -585,13 +591,10 @@ impl Store {
         if let Some((_, encoded)) = &field {
             inv.arg(encoded);
         }
-        let (ids, hashes): (Vec<String>, Vec<Vec<(String, String)>>) = inv
-            .invoke_async(&mut self.con.clone())
-            .await
-            .inspect_err(|_| self.distrust())?;
-        if !self.unchanged_since(mark) {
-            return Err(Self::superseded());
-        }
+        let (ids, hashes): (Vec<String>, Vec<Vec<(String, String)>>) = self
+            .guarded(mark, inv.invoke_async(&mut self.con.clone()))
+            .await?
+            .ok_or_else(Self::superseded)?;
         let more = ids.len() > limit;
         let mut items = Vec::with_capacity(limit.min(ids.len()));
         let mut last = None;
@@ -636,17 +639,15 @@ impl Store {
             Vec<(String, Vec<(String, String)>)>,
             Vec<Vec<(String, String)>>,
         );
-        let (maxdel, last, entries, states): Raw = CHANGES_SCRIPT
-            .key(self.keys.changes(generation, entity))
+        let mut script = CHANGES_SCRIPT.key(self.keys.changes(generation, entity));
+        script
             .arg(after.to_string())
             .arg(limit)
-            .arg(self.keys.entity_prefix(generation, entity))
-            .invoke_async(&mut self.con.clone())
-            .await
-            .inspect_err(|_| self.distrust())?;
-        if !self.unchanged_since(mark) {
-            return Err(Self::superseded());
-        }
+            .arg(self.keys.entity_prefix(generation, entity));
+        let (maxdel, last, entries, states): Raw = self
+            .guarded(mark, script.invoke_async(&mut self.con.clone()))
+            .await?
+            .ok_or_else(Self::superseded)?;
         let mut out = Vec::with_capacity(entries.len());
         for ((pos, fields), state) in entries.into_iter().zip(states) {
             let Some(pos) = StreamPos::parse(&pos) else {
@@ -701,15 +702,8 @@ impl Store {
             return Ok(Lookup::NotReady);
         }
         let key = self.keys.entity(state.live_gen, entity, id);
-        let read = self
-            .read(&key, state.live_gen, entity, max_staleness_ms, view)
-            .await
-            .inspect_err(|_| self.distrust())?;
-        Ok(if self.unchanged_since(mark) {
-            read
-        } else {
-            Lookup::NotReady
-        })
+        let read = self.read(&key, state.live_gen, entity, max_staleness_ms, view);
+        Ok(self.guarded(mark, read).await?.unwrap_or(Lookup::NotReady))
     }
 
     /// Re-reads the marker: whether `generation` is still live and served.
