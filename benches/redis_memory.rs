@@ -37,6 +37,7 @@ async fn main() -> Result<()> {
     let Folded {
         employees: folded,
         json_bytes,
+        sample,
     } = fold_employees(&mut con, &keys, EPOCH, &Config::default(), employees).await?;
     let redis_cpu = foldcache::cpu_secs(redis_pid) - cpu_before;
     let commands = command_stats(&mut con).await?;
@@ -114,7 +115,96 @@ async fn main() -> Result<()> {
             usec as f64 / n
         );
     }
+    floors(&mut con, &sample).await
+}
+
+/// What any layout of the same bodies costs at least, measured beside the
+/// fold: each sampled body alone in a string key named like its entity
+/// hash, with a TTL (the floor of every uncompressed layout), then the
+/// same compressed by zstd with a dictionary trained on the first half of
+/// the sample (what compression could reach), with what compressing and
+/// decompressing cost per body.
+async fn floors(
+    con: &mut redis::aio::MultiplexedConnection,
+    sample: &[(String, Vec<u8>)],
+) -> Result<()> {
+    let (train, test) = sample.split_at(sample.len() / 2);
+    if train.is_empty() || test.is_empty() {
+        return Ok(());
+    }
+    let train: Vec<&[u8]> = train.iter().map(|(_, b)| b.as_slice()).collect();
+    let json = test.iter().map(|(_, b)| b.len()).sum::<usize>() as f64 / test.len() as f64;
+    let plain = stored_bytes(con, "p", test.iter().map(|(id, b)| (id, b.clone()))).await?;
+    let dict = zstd::dict::from_samples(&train, DICT_BYTES)?;
+    let mut packer = zstd::bulk::Compressor::with_dictionary(3, &dict)?;
+    let started = std::time::Instant::now();
+    let packed: Vec<(&String, Vec<u8>)> = test
+        .iter()
+        .map(|(id, b)| Ok((id, packer.compress(b)?)))
+        .collect::<Result<_>>()?;
+    let pack_us = started.elapsed().as_secs_f64() * 1e6 / test.len() as f64;
+    let mut unpacker = zstd::bulk::Decompressor::with_dictionary(&dict)?;
+    let started = std::time::Instant::now();
+    for ((_, b), (_, z)) in test.iter().zip(&packed) {
+        anyhow::ensure!(unpacker.decompress(z, b.len())? == *b, "zstd round trip");
+    }
+    let unpack_us = started.elapsed().as_secs_f64() * 1e6 / test.len() as f64;
+    let zbytes = packed.iter().map(|(_, z)| z.len()).sum::<usize>() as f64 / test.len() as f64;
+    let zstored = stored_bytes(con, "z", packed.into_iter()).await?;
+    println!(
+        "\n## Floors: the same bodies in the leanest layouts ({} employees, the sample's second half)\n",
+        test.len()
+    );
+    println!(
+        "| stored per employee | value bytes | used_memory bytes per employee | / canonical JSON |"
+    );
+    println!("|---|---:|---:|---:|");
+    println!(
+        "| the canonical JSON alone, one string key with a TTL | {json:.0} | {plain:.0} | {:.2}x |",
+        plain / json
+    );
+    println!(
+        "| zstd level 3, {} KiB dictionary trained on the first {} bodies, one string key with a TTL | {zbytes:.0} | {zstored:.0} | {:.2}x |",
+        DICT_BYTES / 1024,
+        train.len(),
+        zstored / json
+    );
+    println!(
+        "\nzstd with the dictionary: {pack_us:.2} us to compress and {unpack_us:.2} us to decompress one body (this process, one thread)"
+    );
     Ok(())
+}
+
+/// zstd dictionary size of [`floors`].
+const DICT_BYTES: usize = 16 * 1024;
+
+/// `used_memory` growth per key for `values` stored as string keys named
+/// like entity hashes (`fc:g9:{kind}employees:{id}`) with a TTL, removed
+/// again afterwards.
+async fn stored_bytes<'a>(
+    con: &mut redis::aio::MultiplexedConnection,
+    kind: &str,
+    values: impl Iterator<Item = (&'a String, Vec<u8>)>,
+) -> Result<f64> {
+    let before = used_memory(con).await?;
+    let mut keys = Vec::new();
+    let mut pipe = redis::pipe();
+    for (id, v) in values {
+        let key = format!("fc:g9:{kind}employees:{id}");
+        pipe.cmd("SET")
+            .arg(&key)
+            .arg(v)
+            .arg("PX")
+            .arg(604_800_000)
+            .ignore();
+        keys.push(key);
+    }
+    pipe.query_async::<()>(con).await?;
+    let grown = used_memory(con).await?.saturating_sub(before) as f64 / keys.len() as f64;
+    for chunk in keys.chunks(1000) {
+        redis::cmd("DEL").arg(chunk).query_async::<()>(con).await?;
+    }
+    Ok(grown)
 }
 
 /// `fc:g1:employees:E00001` → `{entity hash}`, `fc:g1:{employees}:_ix:team_id:…`

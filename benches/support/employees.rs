@@ -43,13 +43,23 @@ pub fn batch_size() -> usize {
         .unwrap_or(BATCH)
 }
 
+/// Bodies [`Folded::sample`] keeps: the first employees' canonical JSON.
+const SAMPLE: usize = 10_000;
+
 /// What [`fold_employees`] folded.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct Folded {
     /// Employees folded.
     pub employees: usize,
     /// Bytes of their canonical JSON (the bodies query-api serves).
     pub json_bytes: usize,
+    /// The canonical JSON of the first employees (at most 10,000), with
+    /// their ids.
+    #[allow(
+        dead_code,
+        reason = "read by redis_memory only; each bench compiles this module on its own"
+    )]
+    pub sample: Vec<(String, Vec<u8>)>,
 }
 
 /// Folds `employees` generator employees (seed 7, 1,000 teams) into
@@ -79,6 +89,7 @@ pub async fn fold_employees(
         deletes: 0,
     };
     let mut json_bytes = 0usize;
+    let mut sample = Vec::new();
     let mut batch = PartitionBatch::new(&topic, 0);
     let mut offset = 0i64;
     let batch_max = batch_size();
@@ -89,6 +100,9 @@ pub async fn fold_employees(
         let value = e.value.context("employee without a value")?;
         let body = serde_json::to_vec(&value)?;
         json_bytes += body.len();
+        if sample.len() < SAMPLE {
+            sample.push((e.key.clone(), body.clone()));
+        }
         let d = decode(&source, Some(e.key.as_bytes()), Some(&body), 1 << 20)
             .map_err(|p| anyhow::anyhow!("{p}"))?;
         batch.push(keys, 1, &source, offset, 1_000 + offset, d);
@@ -104,5 +118,6 @@ pub async fn fold_employees(
     Ok(Folded {
         employees: offset as usize,
         json_bytes,
+        sample,
     })
 }
