@@ -355,9 +355,12 @@ fn the_sasl_ssl_deploy_config_loads_and_librdkafka_accepts_it() -> Result<()> {
     foldcache_common::redis_client::install_tls_provider();
     foldcache_common::redis_client::client(&config.redis)?;
 
-    let consumer: Result<BaseConsumer, _> = foldcache_ingest::kafka::kafka_client_config(&config)
-        .set("group.id", "config-check")
-        .create();
+    let consumer: Result<BaseConsumer, _> = foldcache_ingest::kafka::kafka_client_config(
+        &config,
+        foldcache_ingest::kafka::ClientKind::Consumer,
+    )
+    .set("group.id", "config-check")
+    .create();
     assert!(
         consumer.is_ok(),
         "librdkafka refused the SASL_SSL config: {:?}",

@@ -141,6 +141,17 @@ pub struct KafkaConfig {
     /// Extra librdkafka properties (`security.protocol`, `sasl.mechanism`,
     /// ...), applied to every client. Values may be credentials: never logged.
     pub client: BTreeMap<String, Secret<String>>,
+    /// Extra librdkafka properties for ingest's consumers only (the
+    /// generation consumers, the dead-letter readers), over `client`:
+    /// consumer properties such as `fetch.max.bytes` that librdkafka would
+    /// warn about in a producer. Values never logged.
+    #[serde(default)]
+    pub consumer: BTreeMap<String, Secret<String>>,
+    /// Extra librdkafka properties for ingest's producers only (dead
+    /// letters, re-drives, `ingest generate`), over `client`. Values never
+    /// logged.
+    #[serde(default)]
+    pub producer: BTreeMap<String, Secret<String>>,
     /// Whether ingest creates the dead-letter topic at start when it is
     /// missing (needs the CreateTopics permission). If false, or if creating
     /// it fails, ingest refuses to start and names the topic.
@@ -585,6 +596,8 @@ impl Default for Config {
                 group_id: "foldcache-ingest".into(),
                 dead_letter_topic: "foldcache.dead-letter".into(),
                 client: BTreeMap::new(),
+                consumer: BTreeMap::new(),
+                producer: BTreeMap::new(),
                 dead_letter_create: true,
                 dead_letter_partitions: 1,
                 dead_letter_replication_factor: -1,

@@ -22,7 +22,7 @@ use crate::dead_letter::DeadLetters;
 use crate::decode::Limits;
 use crate::fold::Folder;
 use crate::heartbeat::{Heartbeat, HeartbeatExit};
-use crate::kafka::kafka_client_config;
+use crate::kafka::{ClientKind, kafka_client_config};
 use crate::partition::{PartitionExit, PartitionTask, Pipeline};
 use crate::progress::{AllStatuses, FetchViews, Statuses, Tp, lock};
 use crate::purge::Purger;
@@ -155,7 +155,7 @@ pub async fn run(
         keys: deps.keys.clone(),
         folder: Folder::from_config(deps.keys.clone(), config),
         dead: DeadLetters::new(
-            kafka_client_config(config)
+            kafka_client_config(config, ClientKind::Producer)
                 .set("linger.ms", "5")
                 .create::<FutureProducer>()
                 .context("creating the dead-letter producer")?,
@@ -370,7 +370,7 @@ fn create_consumer(
         ownership,
         drain,
     );
-    let mut cc = kafka_client_config(config);
+    let mut cc = kafka_client_config(config, ClientKind::Consumer);
     // One group per generation: during a rebuild an instance runs two
     // consumers that must each get every partition.
     cc.set(
@@ -388,7 +388,7 @@ fn create_consumer(
     // librdkafka pre-fetches up to 64 MiB per partition queue by default:
     // most of ingest's memory at a backlog, for no throughput (a batch
     // folds 500 records). Bounded here unless the operator sets it.
-    if !config.kafka.client.contains_key(PREFETCH_PROPERTY) {
+    if cc.get(PREFETCH_PROPERTY).is_none() {
         cc.set(PREFETCH_PROPERTY, PREFETCH_KBYTES);
     }
     let consumer: KafkaConsumer = cc

@@ -10,7 +10,7 @@
 //! At start, [`ensure_topic`] checks that the topic exists, creates it when
 //! `kafka.dead_letter_create` allows, and otherwise refuses to start.
 
-use crate::kafka::kafka_client_config;
+use crate::kafka::{ClientKind, kafka_client_config};
 use base64::Engine as _;
 use foldcache_common::config::Config;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
@@ -283,7 +283,7 @@ fn missing_topic(e: &KafkaError) -> bool {
 pub async fn ensure_topic(config: &Config) -> anyhow::Result<()> {
     let topic = config.kafka.dead_letter_topic.clone();
     let exists = {
-        let cc = kafka_client_config(config);
+        let cc = kafka_client_config(config, ClientKind::Admin);
         let t = topic.clone();
         tokio::task::spawn_blocking(move || topic_exists(&cc, &t)).await??
     };
@@ -295,7 +295,7 @@ pub async fn ensure_topic(config: &Config) -> anyhow::Result<()> {
     if !config.kafka.dead_letter_create {
         anyhow::bail!("the dead-letter topic {topic:?} does not exist: {how}");
     }
-    let admin: AdminClient<DefaultClientContext> = kafka_client_config(config)
+    let admin: AdminClient<DefaultClientContext> = kafka_client_config(config, ClientKind::Admin)
         .create()
         .map_err(|e| anyhow::anyhow!("creating the Kafka admin client: {e}"))?;
     let new = NewTopic::new(

@@ -26,7 +26,7 @@
 
 use crate::dead_letter::header;
 use crate::decode::{Limits, decode_within};
-use crate::kafka::kafka_client_config;
+use crate::kafka::{ClientKind, kafka_client_config};
 use crate::source::{Source, Sources};
 use base64::Engine as _;
 use foldcache_common::config::Config;
@@ -346,7 +346,7 @@ type Reader = BaseConsumer<ReaderContext>;
 
 /// A consumer of the dead-letter topic that commits nothing.
 fn reader(config: &Config, eof: bool) -> anyhow::Result<Reader> {
-    let mut cc: ClientConfig = kafka_client_config(config);
+    let mut cc: ClientConfig = kafka_client_config(config, ClientKind::Consumer);
     cc.set(
         "group.id",
         format!("foldcache-dead-letters-{:08x}", rand::random::<u32>()),
@@ -551,7 +551,7 @@ impl std::fmt::Debug for Redriver {
 impl Redriver {
     /// Connects to Redis and makes an idempotent producer.
     pub async fn new(config: &Config, redis: &redis::Client) -> anyhow::Result<Self> {
-        let producer: FutureProducer = kafka_client_config(config)
+        let producer: FutureProducer = kafka_client_config(config, ClientKind::Producer)
             .set("enable.idempotence", "true")
             .set(
                 "message.max.bytes",

@@ -3,13 +3,68 @@
 use foldcache_common::config::Config;
 use rdkafka::config::ClientConfig;
 
-/// A librdkafka config with the brokers and the extra `[kafka.client]`
-/// properties (security settings, `session.timeout.ms` and the like).
-pub fn kafka_client_config(config: &Config) -> ClientConfig {
+/// The kind of client a config is for: `[kafka.consumer]` and
+/// `[kafka.producer]` reach only their own kind (librdkafka warns, at
+/// every start, about a consumer property given to a producer and the
+/// other way round); `[kafka.client]` reaches every kind.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ClientKind {
+    /// Reads records: the generation consumers, the dead-letter readers.
+    Consumer,
+    /// Writes records: dead letters, re-drives, `ingest generate`.
+    Producer,
+    /// Asks the broker about topics (metadata, creation).
+    Admin,
+}
+
+/// A librdkafka config with the brokers, the extra `[kafka.client]`
+/// properties (security settings, `session.timeout.ms` and the like), then
+/// those of `kind`'s own section, which win over `[kafka.client]`.
+pub fn kafka_client_config(config: &Config, kind: ClientKind) -> ClientConfig {
     let mut cc = ClientConfig::new();
     cc.set("bootstrap.servers", &config.kafka.brokers);
-    for (k, v) in &config.kafka.client {
+    let own = match kind {
+        ClientKind::Consumer => Some(&config.kafka.consumer),
+        ClientKind::Producer => Some(&config.kafka.producer),
+        ClientKind::Admin => None,
+    };
+    for (k, v) in config.kafka.client.iter().chain(own.into_iter().flatten()) {
         cc.set(k, v.expose());
     }
     cc
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use foldcache_common::secret::Secret;
+
+    #[test]
+    fn each_section_reaches_its_own_kind_of_client_and_wins_over_client() {
+        let property = |k: &str, v: &str| (k.to_owned(), Secret::new(v.to_owned()));
+        let mut c = Config::default();
+        c.kafka.client.extend([
+            property("client.id", "everyone"),
+            property("fetch.max.bytes", "1048576"),
+        ]);
+        c.kafka
+            .consumer
+            .extend([property("fetch.max.bytes", "3145728")]);
+        c.kafka
+            .producer
+            .extend([property("compression.type", "zstd")]);
+        let consumer = kafka_client_config(&c, ClientKind::Consumer);
+        let producer = kafka_client_config(&c, ClientKind::Producer);
+        let admin = kafka_client_config(&c, ClientKind::Admin);
+        for cc in [&consumer, &producer, &admin] {
+            assert_eq!(cc.get("client.id"), Some("everyone"));
+            assert_eq!(cc.get("bootstrap.servers"), Some("127.0.0.1:9092"));
+        }
+        assert_eq!(consumer.get("fetch.max.bytes"), Some("3145728"));
+        assert_eq!(consumer.get("compression.type"), None);
+        assert_eq!(producer.get("compression.type"), Some("zstd"));
+        assert_eq!(producer.get("fetch.max.bytes"), Some("1048576"));
+        assert_eq!(admin.get("fetch.max.bytes"), Some("1048576"));
+        assert_eq!(admin.get("compression.type"), None);
+    }
 }

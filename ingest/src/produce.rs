@@ -2,7 +2,7 @@
 
 use crate::generate::{Event, Kind};
 use crate::generate_merger::Record;
-use crate::kafka::kafka_client_config;
+use crate::kafka::{ClientKind, kafka_client_config};
 use anyhow::Context as _;
 use foldcache_common::config::Config;
 use rdkafka::ClientContext;
@@ -69,7 +69,7 @@ pub fn produce_records(
     records: impl Iterator<Item = anyhow::Result<Record>>,
     rate: u64,
 ) -> anyhow::Result<u64> {
-    let producer: ThreadedProducer<Deliveries> = kafka_client_config(config)
+    let producer: ThreadedProducer<Deliveries> = kafka_client_config(config, ClientKind::Producer)
         .set("enable.idempotence", "true")
         .set("linger.ms", "20")
         .set("batch.num.messages", "10000")

@@ -1,7 +1,7 @@
 //! Creates the source and links topics (compacted) and the dead-letter
 //! topic.
 
-use crate::kafka::kafka_client_config;
+use crate::kafka::{ClientKind, kafka_client_config};
 use anyhow::Context as _;
 use foldcache_common::config::Config;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
@@ -16,7 +16,7 @@ pub async fn create_topics(
     partitions: i32,
     replication: i32,
 ) -> anyhow::Result<()> {
-    let admin: AdminClient<DefaultClientContext> = kafka_client_config(config)
+    let admin: AdminClient<DefaultClientContext> = kafka_client_config(config, ClientKind::Admin)
         .create()
         .context("creating the Kafka admin client")?;
     let links = config

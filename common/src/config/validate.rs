@@ -58,8 +58,8 @@ const MAX_WORKER_THREADS: usize = 1024;
 /// Query parameters of a collection that no index may take as its name.
 const RESERVED_FILTER_NAMES: [&str; 4] = ["id", "limit", "cursor", "since"];
 
-/// `[kafka.client]` properties foldcache sets itself, with why an operator
-/// value would hurt.
+/// `[kafka.client]` (and `[kafka.consumer]`, `[kafka.producer]`) properties
+/// foldcache sets itself, with why an operator value would hurt.
 const OWNED_KAFKA_PROPERTIES: [(&str, &str); 9] = [
     ("bootstrap.servers", "set kafka.brokers instead"),
     ("group.id", "set kafka.group_id instead"),
@@ -228,16 +228,23 @@ fn kafka(c: &Config) -> Result<(), ConfigError> {
             ),
         ));
     }
-    for name in k.client.keys() {
-        if let Some((_, why)) = OWNED_KAFKA_PROPERTIES
-            .iter()
-            .find(|(owned, _)| owned == name)
-        {
-            return Err(reject(
-                format!("kafka.client.{name:?}"),
-                "[redacted]",
-                format!("foldcache sets this property itself: {why}"),
-            ));
+    let sections = [
+        ("client", &k.client),
+        ("consumer", &k.consumer),
+        ("producer", &k.producer),
+    ];
+    for (section, properties) in sections {
+        for name in properties.keys() {
+            if let Some((_, why)) = OWNED_KAFKA_PROPERTIES
+                .iter()
+                .find(|(owned, _)| owned == name)
+            {
+                return Err(reject(
+                    format!("kafka.{section}.{name:?}"),
+                    "[redacted]",
+                    format!("foldcache sets this property itself: {why}"),
+                ));
+            }
         }
     }
     Ok(())
@@ -1225,9 +1232,25 @@ mod tests {
         assert!(line.contains("aborted"), "{line}");
         assert!(!line.contains("value-7d1e"), "{line}");
         let mut c = Config::default();
+        c.kafka.consumer.insert(
+            "group.id".into(),
+            crate::secret::Secret::new("value-5c2a".into()),
+        );
+        let line = refused(&c);
+        assert!(line.starts_with("kafka.consumer.\"group.id\""), "{line}");
+        assert!(!line.contains("value-5c2a"), "{line}");
+        let mut c = Config::default();
         c.kafka.client.insert(
             "security.protocol".into(),
             crate::secret::Secret::new("SASL_SSL".into()),
+        );
+        c.kafka.consumer.insert(
+            "fetch.max.bytes".into(),
+            crate::secret::Secret::new("3145728".into()),
+        );
+        c.kafka.producer.insert(
+            "compression.type".into(),
+            crate::secret::Secret::new("zstd".into()),
         );
         c.validate().unwrap();
     }
