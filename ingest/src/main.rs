@@ -8,8 +8,8 @@ use foldcache_common::config::Config;
 use foldcache_ingest::generate::{GenOptions, Generator};
 use foldcache_ingest::generate_merger::{self, MergerTopics};
 use foldcache_ingest::{
-    Ingest, admin, cluster, console, dead_letter_cli, dead_letter_tools, produce, rebuild_cli,
-    topics,
+    Ingest, admin, cluster, console, dead_letter_cli, dead_letter_tools, kafka, produce,
+    rebuild_cli, topics,
 };
 use std::path::PathBuf;
 
@@ -204,6 +204,7 @@ fn hash_token(new: bool) -> anyhow::Result<()> {
 async fn run_main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     let config = Config::load(cli.config.as_deref())?;
+    kafka::check_properties(&config)?;
     foldcache_common::telemetry::init(&config.log);
     foldcache_common::redis_client::install_tls_provider();
     match cli.command.unwrap_or(Command::Run) {

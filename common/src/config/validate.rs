@@ -1250,7 +1250,7 @@ mod tests {
         );
         c.kafka.producer.insert(
             "compression.type".into(),
-            crate::secret::Secret::new("zstd".into()),
+            crate::secret::Secret::new("lz4".into()),
         );
         c.validate().unwrap();
     }
