@@ -168,6 +168,24 @@ pub struct KafkaConfig {
     pub dead_letter_max_bytes: usize,
 }
 
+impl KafkaConfig {
+    /// Every extra librdkafka property with the section that holds it
+    /// (`client`, `consumer`, `producer`).
+    pub fn properties(&self) -> impl Iterator<Item = (&'static str, &String, &Secret<String>)> {
+        [
+            ("client", &self.client),
+            ("consumer", &self.consumer),
+            ("producer", &self.producer),
+        ]
+        .into_iter()
+        .flat_map(|(section, properties)| {
+            properties
+                .iter()
+                .map(move |(name, value)| (section, name, value))
+        })
+    }
+}
+
 /// Ingest's tuning knobs.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]

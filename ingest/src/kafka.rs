@@ -41,32 +41,25 @@ pub fn kafka_client_config(config: &Config, kind: ClientKind) -> ClientConfig {
 /// names the section and the property, never the value (it may be a
 /// credential, and librdkafka's own message quotes it).
 pub fn check_properties(config: &Config) -> anyhow::Result<()> {
-    let k = &config.kafka;
-    let sections = [
-        ("client", &k.client),
-        ("consumer", &k.consumer),
-        ("producer", &k.producer),
-    ];
-    for (section, properties) in sections {
-        for (name, value) in properties {
-            let mut one = ClientConfig::new();
-            one.set(name, value.expose());
-            if let Err(e) = one.create_native_config() {
-                let why = match e {
-                    KafkaError::ClientConfig(_, description, _, _) => description,
-                    other => other.to_string(),
-                };
-                let value = value.expose();
-                let why = if value.is_empty() {
-                    why
-                } else {
-                    why.replace(value.as_str(), "[redacted]")
-                };
-                anyhow::bail!(
-                    "configuration: kafka.{section}.{name:?} = [redacted]: librdkafka refuses it: {why}"
-                );
-            }
-        }
+    for (section, name, value) in config.kafka.properties() {
+        let mut one = ClientConfig::new();
+        one.set(name, value.expose());
+        let Err(e) = one.create_native_config() else {
+            continue;
+        };
+        let why = match e {
+            KafkaError::ClientConfig(_, description, _, _) => description,
+            other => other.to_string(),
+        };
+        let value = value.expose();
+        let why = if value.is_empty() {
+            why
+        } else {
+            why.replace(value.as_str(), "[redacted]")
+        };
+        anyhow::bail!(
+            "configuration: kafka.{section}.{name:?} = [redacted]: librdkafka refuses it: {why}"
+        );
     }
     Ok(())
 }

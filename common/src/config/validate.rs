@@ -228,23 +228,16 @@ fn kafka(c: &Config) -> Result<(), ConfigError> {
             ),
         ));
     }
-    let sections = [
-        ("client", &k.client),
-        ("consumer", &k.consumer),
-        ("producer", &k.producer),
-    ];
-    for (section, properties) in sections {
-        for name in properties.keys() {
-            if let Some((_, why)) = OWNED_KAFKA_PROPERTIES
-                .iter()
-                .find(|(owned, _)| owned == name)
-            {
-                return Err(reject(
-                    format!("kafka.{section}.{name:?}"),
-                    "[redacted]",
-                    format!("foldcache sets this property itself: {why}"),
-                ));
-            }
+    for (section, name, _) in k.properties() {
+        if let Some((_, why)) = OWNED_KAFKA_PROPERTIES
+            .iter()
+            .find(|(owned, _)| owned == name)
+        {
+            return Err(reject(
+                format!("kafka.{section}.{name:?}"),
+                "[redacted]",
+                format!("foldcache sets this property itself: {why}"),
+            ));
         }
     }
     Ok(())
